@@ -219,3 +219,22 @@ def count_flops_per_face(model: nn.Module) -> float:
         model(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE))
     model.train(was_training)
     return float(counter.get_total_flops())
+
+
+# --- input normalisation (the one definition used by inference backends and by training) -----------------------
+
+def normalise_crops(crops_bgr: "np.ndarray") -> "np.ndarray":
+    """N x 64 x 64 x 3 BGR uint8 crops -> N x 3 x 64 x 64 float32 network input (RGB, [0,1], mean/std)."""
+    import numpy as np
+
+    rgb = crops_bgr[..., ::-1].astype(np.float32) / 255.0
+    rgb = (rgb - np.asarray(MEAN_RGB, np.float32)) / np.asarray(STD_RGB, np.float32)
+    return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
+
+
+def normalise_crops_tensor(crops_bgr: torch.Tensor) -> torch.Tensor:
+    """Torch twin of `normalise_crops` for uint8 N x H x W x 3 BGR tensors already on the training device."""
+    rgb = crops_bgr.flip(-1).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(MEAN_RGB, device=rgb.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD_RGB, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb - mean) / std

