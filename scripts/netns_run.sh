@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Run a command in a private network namespace whose only interface is loopback, so that DDS
+# (ROS 2 discovery and traffic) can never leave this host:
+#
+#   scripts/netns_run.sh CMD [ARGS...]
+#
+# Inside: lo is up with MULTICAST on and a 224.0.0.0/4 route on lo (Fast DDS discovery needs
+# multicast), ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (Jazzy+) and, when ROS_DISTRO is humble or
+# older, ROS_LOCALHOST_ONLY=1 are exported. AGEGENDER_NETNS=1 marks the namespace: when this script
+# finds it already set, it just execs CMD (already isolated). Needs root or unprivileged user
+# namespaces (`unshare -rn`).
+set -euo pipefail
+
+if [[ $# -eq 0 ]]; then
+  echo "usage: $0 CMD [ARGS...]" >&2
+  exit 2
+fi
+
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# Humble and older only know ROS_LOCALHOST_ONLY; Jazzy+ warn that it is deprecated and let it override
+# ROS_AUTOMATIC_DISCOVERY_RANGE, so set it only there.
+case "${ROS_DISTRO:-}" in
+  foxy|galactic|humble) export ROS_LOCALHOST_ONLY=1 ;;
+esac
+
+if [[ "${AGEGENDER_NETNS:-0}" == 1 ]]; then
+  exec "$@"
+fi
+
+if [[ "$(id -u)" == 0 ]]; then
+  UNSHARE=(unshare -n)
+else
+  UNSHARE=(unshare -r -n)  # map ourselves to root inside a new user namespace
+fi
+
+# The inner shell configures the namespace, then replaces itself with CMD ("$@" is passed through intact).
+AGEGENDER_NETNS=1 exec "${UNSHARE[@]}" bash -c '
+set -e
+ip link set lo up
+ip link set lo multicast on
+ip route add 224.0.0.0/4 dev lo 2>/dev/null || true
+export AGEGENDER_NETNS=1
+exec "$@"
+' netns_run "$@"
