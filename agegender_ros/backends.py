@@ -70,7 +70,7 @@ def export_onnx(model: AgeGenderModel, path: str | os.PathLike, opset: int = 17)
     # newer torch defaults to the dynamo exporter, which needs extra packages, so ask for the classic one.
     extra = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     torch.onnx.export(
-        PredictWrapper(model.eval()), (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),), str(partial),
+        PredictWrapper(model).eval(), (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),), str(partial),
         input_names=["faces"], output_names=["age", "p_male", "age_std"], opset_version=opset,
         dynamic_axes={"faces": {0: "batch"}, "age": {0: "batch"}, "p_male": {0: "batch"}, "age_std": {0: "batch"}},
         **extra,

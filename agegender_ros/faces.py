@@ -98,10 +98,15 @@ def crop_matrix(centre: np.ndarray, side: float, angle: float, size: int = CROP_
     return matrix
 
 
-def align_crop(frame_bgr: np.ndarray, detection: FaceDetection, size: int = CROP_SIZE) -> np.ndarray:
-    """The face as a size x size BGR uint8 crop, eye line level, with margin. Used for training and inference."""
+def align_crop(frame_bgr: np.ndarray, detection: FaceDetection, size: int = CROP_SIZE,
+               context: float = 1.0) -> np.ndarray:
+    """The face as a size x size BGR uint8 crop, eye line level, with margin. Used for training and inference.
+
+    `context` > 1 widens the square (training stores crops with context for augmentation; its centre is then
+    exactly the inference crop).
+    """
     centre, side, angle = face_square(detection)
-    matrix = crop_matrix(centre, side, angle, size)
+    matrix = crop_matrix(centre, side * context, angle, size)
     # Replicating the border keeps faces at the frame's edge (and tightly cropped datasets) free of black bands.
     return cv2.warpAffine(frame_bgr, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
 

@@ -1,0 +1,160 @@
+"""Preprocessing cache: detect -> align -> crop every image of a dataset once, with the runtime's own functions.
+
+Crops are stored with extra context (`CONTEXT` x the inference crop) so augmentation can shift, scale and rotate
+without borders; the unaugmented centre of a stored crop is what `align_crop` gives at inference. One `.npz` per
+(dataset root, record list, settings): uint8 crops, labels, subject ids, whether a face was found, and the files
+that failed and why. A change of any setting gives a new key, so stale caches are never reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from agegender_ros import faces
+from agegender_ros.backends import cache_dir
+
+log = logging.getLogger(__name__)
+
+CONTEXT = 1.25  # stored crop side / inference crop side
+STORED_SIZE = round(faces.CROP_SIZE * CONTEXT)  # 80 px
+# Datasets of tight face crops (UTKFace) leave detectors no margin; pad before detecting.
+DETECT_PAD = 0.25
+CACHE_FORMAT = 3
+
+
+@dataclass
+class PreprocessedSet:
+    crops: np.ndarray  # N x 80 x 80 x 3 uint8 BGR, the face centred with CONTEXT margin
+    ages: np.ndarray  # N float32
+    genders: np.ndarray  # N int8: 1 male, 0 female, -1 unknown
+    subjects: np.ndarray  # N str
+    paths: np.ndarray  # N str
+    splits: np.ndarray  # N str (official split name or "")
+    detected: np.ndarray  # N bool: a face was found (else the whole image was used)
+    failed: list[tuple[str, str]]  # (path, reason) of images that could not be used at all
+
+    def subset(self, index) -> "PreprocessedSet":
+        index = np.asarray(index, np.int64)
+        return PreprocessedSet(self.crops[index], self.ages[index], self.genders[index], self.subjects[index],
+                               self.paths[index], self.splits[index], self.detected[index], [])
+
+    def __len__(self) -> int:
+        return len(self.ages)
+
+
+def concatenate(sets: list[PreprocessedSet]) -> PreprocessedSet:
+    return PreprocessedSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in
+                             ("crops", "ages", "genders", "subjects", "paths", "splits", "detected")),
+                           [f for s in sets for f in s.failed])
+
+
+def settings(detector: str) -> dict:
+    return {"format": CACHE_FORMAT, "detector": detector, "crop_scale": faces.CROP_SCALE, "context": CONTEXT,
+            "stored_size": STORED_SIZE, "detect_pad": DETECT_PAD}
+
+
+def crop_with_context(image: np.ndarray, detection: faces.FaceDetection) -> np.ndarray:
+    return faces.align_crop(image, detection, STORED_SIZE, context=CONTEXT)
+
+
+def pick_main_face(detections: list[faces.FaceDetection], shape) -> faces.FaceDetection | None:
+    """In a single-face dataset image, the face: large, confident and near the centre."""
+    if not detections:
+        return None
+    h, w = shape[:2]
+
+    def merit(d: faces.FaceDetection) -> float:
+        cx, cy = (d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2
+        off_centre = np.hypot((cx - w / 2) / w, (cy - h / 2) / h)
+        area = (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) / (w * h)
+        return d.score + area - off_centre
+
+    return max(detections, key=merit)
+
+
+_worker_detector = None
+
+
+def _init_worker(detector_name: str) -> None:
+    global _worker_detector
+    cv2.setNumThreads(1)
+    options = {"threads": 1} if detector_name in ("scrfd", "blazeface") else {}
+    _worker_detector = faces.create_detector(detector_name, **options)
+
+
+def _process(path: str):
+    """(crop, detected, None) or (None, False, reason) for one image file."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as error:
+        return None, False, f"cannot read: {error.strerror or error}"
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        return None, False, "not a readable image (corrupt or truncated)"
+    pad_y, pad_x = int(image.shape[0] * DETECT_PAD), int(image.shape[1] * DETECT_PAD)
+    padded = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT)
+    face = pick_main_face(_worker_detector.detect(padded), padded.shape)
+    if face is None:
+        return crop_with_context(image, faces.whole_image_detection(image)), False, None
+    shift = np.array([pad_x, pad_y], np.float32)
+    face.box = face.box - np.tile(shift, 2)
+    if face.landmarks is not None:
+        face.landmarks = face.landmarks - shift
+    return crop_with_context(image, face), True, None
+
+
+def cache_key(name: str, root: str, records, detector: str) -> str:
+    digest = hashlib.sha256(json.dumps([name, str(Path(root).resolve()), settings(detector)]).encode())
+    for r in records:
+        digest.update(f"{r.path}|{r.age}|{r.gender}|{r.subject}|{r.split}\n".encode())
+    return f"{name}-{digest.hexdigest()[:16]}"
+
+
+def load_or_build(name: str, root: str, records, detector: str = "scrfd", workers: int | None = None,
+                  progress: bool = True) -> PreprocessedSet:
+    """The cached preprocessed set for these records, building it (in parallel, with a progress bar) if needed."""
+    path = cache_dir() / "preprocessed" / f"{cache_key(name, root, records, detector)}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            failed = json.loads(str(data["failed"]))
+            return PreprocessedSet(data["crops"], data["ages"], data["genders"], data["subjects"], data["paths"],
+                                   data["splits"], data["detected"], [tuple(f) for f in failed])
+    workers = workers or min(2, os.cpu_count() or 1)
+    paths = [r.path for r in records]
+    results = []
+    with get_context("spawn").Pool(workers, _init_worker, (detector,)) as pool:
+        iterator = pool.imap(_process, paths, chunksize=32)
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, total=len(paths), desc=f"preprocess {name}", unit="img")
+        results = list(iterator)
+    keep = [i for i, (crop, _, _) in enumerate(results) if crop is not None]
+    failed = [(paths[i], reason) for i, (crop, _, reason) in enumerate(results) if crop is None]
+    for failed_path, reason in failed:
+        log.warning("%s: %s (skipped)", failed_path, reason)
+    empty = np.zeros((0, STORED_SIZE, STORED_SIZE, 3), np.uint8)
+    result = PreprocessedSet(
+        crops=np.stack([results[i][0] for i in keep]) if keep else empty,
+        ages=np.array([records[i].age for i in keep], np.float32),
+        genders=np.array([records[i].gender for i in keep], np.int8),
+        subjects=np.array([records[i].subject for i in keep], dtype=str),
+        paths=np.array([records[i].path for i in keep], dtype=str),
+        splits=np.array([records[i].split for i in keep], dtype=str),
+        detected=np.array([results[i][1] for i in keep], bool),
+        failed=failed,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, crops=result.crops, ages=result.ages, genders=result.genders, subjects=result.subjects,
+             paths=result.paths, splits=result.splits, detected=result.detected, failed=json.dumps(failed))
+    os.replace(partial, path)
+    return result

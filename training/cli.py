@@ -1,0 +1,244 @@
+"""`agegender train | evaluate | protocol | report`: the training subpackage's commands (added to the `agegender` CLI).
+
+Also runnable as `python -m training.cli train ...` (e.g. under torchrun for multi-GPU training).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from agegender_ros.cli import CommandError
+
+log = logging.getLogger("agegender.training")
+
+
+def _dataset_args(parser: argparse.ArgumentParser, repeatable: bool) -> None:
+    from .datasets import DATASETS
+
+    action = "append" if repeatable else "store"
+    parser.add_argument("--dataset", action=action, choices=sorted(DATASETS),
+                        help="dataset layout" + (" (repeat with --root to combine datasets)" if repeatable else ""))
+    parser.add_argument("--root", action=action, required=True, help="dataset root folder in its published layout")
+    parser.add_argument("--gender-file", help="MegaAge-Asian gender annotation CSV (from `annotate-gender export`)")
+    parser.add_argument("--detector", default="scrfd", choices=["scrfd", "blazeface", "haar"],
+                        help="face detector used to preprocess (crops are cached per detector)")
+
+
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    from agegender_ros.model import available_models
+
+    from .protocols import PROTOCOLS
+    from .train import TrainConfig
+
+    defaults = TrainConfig()
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="default: the dataset's usual protocol")
+    parser.add_argument("--model", default="paper", choices=available_models())
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--loss-weights", default=",".join(f"{k}={v}" for k, v in defaults.loss_weights.items()),
+                        help="per-head loss weights, e.g. final=1,low=0.5,virtual=0.25")
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args):
+    from .train import TrainConfig
+
+    try:
+        weights = {k: float(v) for k, v in (item.split("=") for item in args.loss_weights.split(",") if item)}
+    except ValueError as error:
+        raise CommandError(f"--loss-weights: expected head=weight,... got {args.loss_weights!r}") from error
+    return TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
+                       seed=args.seed, threads=args.threads, device=args.device)
+
+
+def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):
+    """Records -> preprocessed (cached) crops; layout problems become CommandErrors, bad files warnings."""
+    from .cache import load_or_build
+    from .datasets import DatasetLayoutError, load_records
+
+    try:
+        records, problems = load_records(name, root, gender_file=gender_file)
+    except (DatasetLayoutError, FileNotFoundError, NotADirectoryError) as error:
+        raise CommandError(str(error)) from error
+    for path, reason in problems:
+        log.warning("%s: %s (skipped)", path, reason)
+    if not records:
+        raise CommandError(f"{root}: no labelled images found for dataset {name!r}")
+    data = load_or_build(name, root, records, detector=detector, progress=progress)
+    for path, reason in data.failed:
+        print(f"warning: {path}: {reason} (skipped)", file=sys.stderr)
+    return data
+
+
+def _pairs(args) -> list[tuple[str, str]]:
+    datasets, roots = args.dataset, args.root
+    if datasets is None:
+        raise CommandError("--dataset is required")
+    if len(datasets) != len(roots):
+        raise CommandError(f"give one --root per --dataset (got {len(datasets)} datasets, {len(roots)} roots)")
+    return list(zip(datasets, roots))
+
+
+def cmd_train(args) -> int:
+    from .cache import concatenate
+    from .protocols import DEFAULT_PROTOCOL, folds
+    from .train import train
+
+    config = config_from_args(args)
+    train_parts, val_parts, names = [], [], []
+    for name, root in _pairs(args):
+        data = load_dataset(name, root, args.detector, args.gender_file, not args.no_progress)
+        protocol = args.protocol or DEFAULT_PROTOCOL[name]
+        try:
+            fold_list = folds(protocol, data, seed=args.seed)
+        except ValueError as error:
+            raise CommandError(f"{name}: {error}") from error
+        if not 0 <= args.fold < len(fold_list):
+            raise CommandError(f"--fold {args.fold}: protocol {protocol} has {len(fold_list)} folds")
+        fold_name, train_index, test_index = fold_list[args.fold]
+        train_parts.append(data.subset(train_index))
+        val_parts.append(data.subset(test_index))
+        names.append(f"{name}:{protocol}:{fold_name}")
+    card = {"training_data": " + ".join(f"{n} ({len(t)} train / {len(v)} held out)"
+                                        for n, t, v in zip(names, train_parts, val_parts)),
+            "licence": "Research use only: trained on datasets released for non-commercial research "
+                       "(AAF, UTKFace); do not use commercially.",
+            "detector_for_crops": args.detector}
+    result = train(config, concatenate(train_parts), concatenate(val_parts), args.out, resume=args.resume,
+                   card=card, progress=not args.no_progress)
+    if result and len(val_parts) > 1:
+        # Each dataset's held-out part on its own, so a combined run can be compared with single-dataset ones.
+        from agegender_ros.weights import load_model
+
+        from .train import evaluate, pick_device
+
+        model, _ = load_model(Path(args.out) / "model.pt")
+        device = pick_device("cpu")
+        result["per_dataset"] = {n: {k: v for k, v in evaluate(model, part, device)[0].items()
+                                     if k != "mae_by_decade"} for n, part in zip(names, val_parts)}
+        (Path(args.out) / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    if result:
+        summary = {k: result["metrics"].get(k) for k in ("n", "mae", "gender_acc", "ca3", "ca5")}
+        print(json.dumps({"run": str(args.out), **summary, **({"per_dataset": result["per_dataset"]}
+                                                              if "per_dataset" in result else {})}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from agegender_ros.weights import WeightsError, load_model
+
+    from .datasets import detect_dataset
+    from .metrics import age_gender_metrics
+    from .train import predict_crops
+
+    name = args.dataset or detect_dataset(args.root)
+    if name is None:
+        raise CommandError(f"{args.root}: cannot tell the dataset layout; pass --dataset")
+    data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json)
+    try:
+        model, card = load_model(args.weights)
+    except WeightsError as error:
+        raise CommandError(str(error)) from error
+    age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"))
+    metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
+    out = {"n": metrics["n"], "detected": int(data.detected.sum()), "mae": metrics["mae"],
+           "gender_acc": metrics["gender_acc"], "ca3": metrics["ca3"], "ca5": metrics["ca5"],
+           "failed": len(data.failed), "dataset": name}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            print(f"{key}: {value}")
+        print("MAE by decade:", json.dumps(metrics["mae_by_decade"]))
+    return 0
+
+
+def cmd_protocol(args) -> int:
+    from .metrics import mean_over_folds
+    from .protocols import DEFAULT_PROTOCOL, folds
+    from .train import train
+
+    config = config_from_args(args)
+    if not args.dataset:
+        raise CommandError("--dataset is required")
+    data = load_dataset(args.dataset, args.root, args.detector, args.gender_file, not args.no_progress)
+    protocol = args.protocol or DEFAULT_PROTOCOL[args.dataset]
+    fold_list = folds(protocol, data, seed=args.seed)[: args.max_folds]
+    out = Path(args.out)
+    per_fold = []
+    all_errors = []
+    for fold_name, train_index, test_index in fold_list:
+        result = train(config, data.subset(train_index), data.subset(test_index), out / fold_name,
+                       resume=args.resume, card={"training_data": f"{args.dataset}:{protocol}:{fold_name}"},
+                       progress=not args.no_progress)
+        metrics = {k: v for k, v in result["metrics"].items() if k != "mae_by_decade"}
+        per_fold.append({"fold": fold_name, **metrics})
+        with np.load(out / fold_name / "predictions.npz") as predictions:
+            all_errors.append(np.abs(predictions["age_pred"] - predictions["age_true"]))
+    summary = mean_over_folds(per_fold)
+    # LOPO folds hold a handful of images each: the literature pools the errors over all of them.
+    summary["mae_pooled"] = float(np.concatenate(all_errors).mean()) if all_errors else None
+    report = {"dataset": args.dataset, "protocol": protocol, "model": args.model, "mean": summary,
+              "folds": per_fold}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report) if args.json else json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    markdown = write_report([Path(p) for p in args.runs], Path(args.out) if args.out else None)
+    print(markdown)
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a model on one or more datasets (one fold of a protocol)")
+    _dataset_args(p, repeatable=True)
+    _train_args(p)
+    p.add_argument("--fold", type=int, default=0, help="which fold of the protocol to train (default 0)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, TensorBoard logs, model.pt + card")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="MAE, gender accuracy, CA(3), CA(5) over every labelled image of a folder")
+    _dataset_args(p, repeatable=False)
+    p.add_argument("--weights", help="default: the package's weights")
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("protocol", help="run every fold of a protocol (the paper's tables) and average")
+    _dataset_args(p, repeatable=False)
+    _train_args(p)
+    p.add_argument("--max-folds", type=int, help="run only the first N folds (quick checks)")
+    p.add_argument("--out", required=True, help="folder for the folds' runs and protocol.json")
+    p.add_argument("--resume", action="store_true", help="resume each fold from its checkpoint")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.set_defaults(func=cmd_protocol)
+
+    p = sub.add_parser("report", help="markdown table (paper's Tables 1-5 shape) and PNG plots from run folders")
+    p.add_argument("runs", nargs="+", help="run folders (from train or protocol)")
+    p.add_argument("--out", help="folder for report.md and the PNG plots (default: print only)")
+    p.set_defaults(func=cmd_report)
+
+
+if __name__ == "__main__":
+    from agegender_ros.cli import main
+
+    sys.exit(main(sys.argv[1:]))
