@@ -233,4 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: subcommand modules import CommandError from
+    # `agegender_ros.cli`, and a second copy of the class would not catch theirs.
+    from agegender_ros.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -73,7 +73,7 @@ def load_dataset(name: str, root: str, detector: str, gender_file: str | None = 
     except (DatasetLayoutError, FileNotFoundError, NotADirectoryError) as error:
         raise CommandError(str(error)) from error
     for path, reason in problems:
-        log.warning("%s: %s (skipped)", path, reason)
+        print(f"warning: {path}: {reason} (skipped)", file=sys.stderr)
     if not records:
         raise CommandError(f"{root}: no labelled images found for dataset {name!r}")
     data = load_or_build(name, root, records, detector=detector, progress=progress)

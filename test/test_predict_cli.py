@@ -1,0 +1,112 @@
+"""`agegender predict` end to end on real photos, and every bad-input case: corrupt images, bad weights."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from agegender_ros.model import create_model
+from agegender_ros.weights import WeightsError, load_model, save_weights
+from conftest import SAMPLES, shared
+
+
+def run_predict(*args, env_weights=None):
+    return subprocess.run([sys.executable, "-m", "agegender_ros.cli", "predict", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_predict_json_on_real_photos_and_annotated_output(tmp_path, random_weights):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(SAMPLES / "astronaut.jpg", photos)
+    shutil.copy(SAMPLES / "solvay_1927.jpg", photos)
+    result = run_predict(photos, "--json", "--out", tmp_path / "out", "--weights", random_weights)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    by_name = {line["image"].split("/")[-1]: line for line in lines}
+    assert set(by_name) == {"astronaut.jpg", "solvay_1927.jpg"}
+    (astronaut,) = by_name["astronaut.jpg"]["faces"]
+    x1, y1, x2, y2 = astronaut["box"]
+    assert 160 < (x1 + x2) / 2 < 290 and 50 < (y1 + y2) / 2 < 190
+    assert set(astronaut) >= {"box", "score", "age", "gender", "p_male"}
+    assert astronaut["gender"] in ("male", "female") and 0 <= astronaut["p_male"] <= 1
+    assert 0 <= astronaut["age"] <= 100
+    assert len(by_name["solvay_1927.jpg"]["faces"]) >= 20
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["astronaut_annotated.jpg",
+                                                                    "solvay_1927_annotated.jpg"]
+
+
+def test_predict_on_a_real_dataset_face(tmp_path, random_weights):
+    face = sorted(shared("utkface/crop_part1").glob("*.jpg"))[100]
+    result = run_predict(face, "--json", "--weights", random_weights, "--detector", "haar", "--backend", "torch")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["image"] == str(face)
+
+
+def test_corrupt_and_missing_files_are_named_and_the_rest_still_processed(tmp_path, random_weights):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes((SAMPLES / "astronaut.jpg").read_bytes()[:300])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    result = run_predict(corrupt, SAMPLES / "astronaut.jpg", tmp_path / "missing.jpg", empty, "--json",
+                         "--weights", random_weights)
+    assert result.returncode == 1
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(SAMPLES / "astronaut.jpg")]
+    for name in ("corrupt.jpg", "missing.jpg", "empty.png"):
+        assert name in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_reads_video_files(tmp_path, random_weights):
+    import cv2
+
+    frame = cv2.resize(cv2.imread(str(SAMPLES / "astronaut.jpg")), (320, 320))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 320))
+    for _ in range(4):
+        writer.write(frame)
+    writer.release()
+    result = run_predict(video, "--json", "--every", "2", "--weights", random_weights)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [f"{video}#frame=0", f"{video}#frame=2"]
+    assert all(len(line["faces"]) == 1 for line in lines)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "swap", "no_card", "wrong_architecture", "bad_card"])
+def test_bad_weight_files_give_a_clear_error(tmp_path, random_weights, damage):
+    weights = tmp_path / "w.pt"
+    shutil.copy(random_weights, weights)
+    shutil.copy(random_weights.with_suffix(".json"), weights.with_suffix(".json"))
+    card = json.loads(weights.with_suffix(".json").read_text())
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "garbage":
+        weights.write_bytes(b"not a state dict at all")
+    elif damage == "swap":
+        other = create_model("paper")
+        torch.save(other.state_dict(), weights)  # a valid file, but not the one the card describes
+    elif damage == "no_card":
+        weights.with_suffix(".json").unlink()
+    elif damage == "wrong_architecture":
+        # A consistent file + card pair whose tensors don't fit the named architecture.
+        save_weights(create_model("ssrnet"), weights, {"architecture": "ssrnet", "model_args": {}})
+        card = json.loads(weights.with_suffix(".json").read_text())
+        card["architecture"] = "paper"
+        weights.with_suffix(".json").write_text(json.dumps(card))
+    elif damage == "bad_card":
+        weights.with_suffix(".json").write_text("{broken")
+    with pytest.raises(WeightsError) as error:
+        load_model(weights)
+    assert str(weights.name) in str(error.value)
+    result = run_predict(SAMPLES / "astronaut.jpg", "--weights", weights)
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_default_weights_explain_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGEGENDER_WEIGHTS", str(tmp_path / "none.pt"))
+    with pytest.raises(WeightsError, match="make weights"):
+        load_model()

@@ -1,0 +1,179 @@
+"""training/: preprocessing cache, loss, augmentation, protocols, exact resume after kill -9, and the commands."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared
+from training import cache as cache_module
+from training.datasets import load_records
+from training.protocols import folds
+from training.train import TrainConfig, augment_batch, multitask_loss
+from agegender_ros.model import normalise_crops_tensor
+
+
+@pytest.fixture(scope="session")
+def morph_folder(tmp_path_factory):
+    """A flat folder of real UTKFace faces renamed the MORPH-II Album2 way (SSSSSS_NNGAA.JPG), 3 per subject."""
+    source = sorted(shared("utkface/crop_part1").glob("*.jpg"))[::20][:240]
+    folder = tmp_path_factory.mktemp("morph")
+    for i, path in enumerate(source):
+        age, gender = path.name.split("_")[:2]
+        letter = "M" if gender == "0" else "F"
+        shutil.copy(path, folder / f"{i // 3:06d}_{i % 3:02d}{letter}{min(int(age), 99):02d}.JPG")
+    return folder
+
+
+def agegender(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "agegender_ros.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+# --- cache ------------------------------------------------------------------------------------------------------
+
+
+def test_cache_stores_context_crops_reports_failures_and_keys_on_settings(tmp_path, morph_folder, monkeypatch):
+    folder = tmp_path / "morph"
+    shutil.copytree(morph_folder, folder)
+    files = sorted(folder.iterdir())
+    for extra in files[12:]:
+        extra.unlink()
+    files[0].write_bytes(b"\xff\xd8 truncated jpeg")
+    records, _ = load_records("morph2", folder)
+    data = cache_module.load_or_build("morph2", str(folder), records, progress=False)
+    assert data.crops.shape == (11, 80, 80, 3) and data.crops.dtype == np.uint8
+    assert data.failed == [(str(files[0]), "not a readable image (corrupt or truncated)")]
+    assert data.detected.sum() >= 10
+    cached = list((tmp_path.parent / "agegender-cache").glob("**/*.npz")) or \
+        list(__import__("pathlib").Path(os.environ["AGEGENDER_CACHE"]).glob("**/*.npz"))
+    key = cache_module.cache_key("morph2", str(folder), records, "scrfd")
+    monkeypatch.setattr(cache_module.faces, "CROP_SCALE", cache_module.faces.CROP_SCALE + 0.1)
+    assert cache_module.cache_key("morph2", str(folder), records, "scrfd") != key
+    assert cache_module.cache_key("morph2", str(folder), records, "haar") != key
+    assert cached
+
+
+def test_augmentation_off_is_the_inference_crop():
+    crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 80, 80, 3), dtype=np.uint8))
+    x = augment_batch(crops, None, enabled=False)
+    np.testing.assert_allclose(x.numpy(), normalise_crops_tensor(crops[:, 8:72, 8:72]).numpy(), atol=1e-4)
+    augmented = augment_batch(crops, torch.Generator().manual_seed(1), enabled=True)
+    assert augmented.shape == (2, 3, 64, 64) and torch.isfinite(augmented).all()
+
+
+def test_loss_weights_heads_and_skips_unknown_genders():
+    outputs = {"final_age": torch.tensor([30.0, 50.0]), "final_gender": torch.tensor([0.0, 100.0]),
+               "low_age": torch.tensor([20.0, 40.0]), "low_gender": torch.tensor([0.0, 0.0])}
+    ages, genders = torch.tensor([30.0, 40.0]), torch.tensor([1, -1])
+    config = TrainConfig(loss_weights={"final": 1.0, "low": 0.5, "virtual": 0.25}, age_loss_scale=0.1)
+    total, parts = multitask_loss(outputs, ages, genders, config)
+    bce_half = float(np.log(2))  # logit 0 on a male face; the unknown face's logit 100 is ignored
+    assert parts["final_age"] == pytest.approx(0.5) and parts["low_age"] == pytest.approx(0.5)
+    assert parts["final_gender"] == pytest.approx(bce_half) and parts["low_gender"] == pytest.approx(bce_half)
+    assert total.item() == pytest.approx(1.0 * (0.5 + bce_half) + 0.5 * (0.5 + bce_half))
+
+
+def test_protocol_folds_are_disjoint_and_subject_exclusive_when_asked(morph_folder):
+    records, _ = load_records("morph2", morph_folder)
+    data = cache_module.PreprocessedSet(np.zeros((len(records), 1, 1, 3), np.uint8),
+                                        np.array([r.age for r in records], np.float32),
+                                        np.array([r.gender for r in records], np.int8),
+                                        np.array([r.subject for r in records]), np.array([r.path for r in records]),
+                                        np.array([r.split for r in records]), np.ones(len(records), bool), [])
+    for protocol in ("kfold5", "kfold5-subject"):
+        fold_list = folds(protocol, data)
+        assert len(fold_list) == 5
+        tests = np.concatenate([test for _, _, test in fold_list])
+        assert sorted(tests) == list(range(len(records)))
+        for _, train, test in fold_list:
+            assert not set(train) & set(test)
+            if protocol == "kfold5-subject":
+                assert not set(data.subjects[train]) & set(data.subjects[test])
+    assert len(folds("lopo", data)) == len(set(data.subjects))
+    with pytest.raises(ValueError, match="no official"):
+        folds("official", data)
+
+
+# --- trainer: exact resume after kill -9 ------------------------------------------------------------------------
+
+
+def test_resume_after_kill_9_ends_with_the_same_metrics(tmp_path, morph_folder):
+    common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "4", "--batch-size", "8",
+              "--threads", "1", "--no-progress", "--seed", "3"]
+    env = dict(os.environ)
+    full = agegender(*common, "--out", tmp_path / "full", env=env)
+    assert full.returncode == 0, full.stderr
+    interrupted = subprocess.Popen([sys.executable, "-m", "agegender_ros.cli", *map(str, common), "--out",
+                                    tmp_path / "killed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env=env)
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and interrupted.poll() is None:
+        time.sleep(0.005)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    assert interrupted.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "metrics.json").exists(), "the run finished before it could be killed"
+    resumed = agegender(*common, "--out", tmp_path / "killed", "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert len(b["history"]) == 4
+    for key in ("mae", "gender_acc", "ca3", "ca5"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=1e-6)
+    for entry_a, entry_b in zip(a["history"], b["history"]):
+        assert entry_b["train_loss"] == pytest.approx(entry_a["train_loss"], rel=1e-6)
+    # The run folder holds what a user needs: weights + card, TensorBoard logs, predictions.
+    card = json.loads((tmp_path / "killed" / "model.json").read_text())
+    assert card["architecture"] == "paper" and "Research use only" in card["licence"]
+    assert list((tmp_path / "killed" / "tensorboard").iterdir())
+
+
+# --- commands ---------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_json_on_a_flat_folder_of_morph_and_utk_named_files(tmp_path, morph_folder, random_weights):
+    result = agegender("evaluate", "--root", morph_folder, "--weights", random_weights, "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 240 and 230 <= metrics["detected"] <= 240 and metrics["dataset"] == "morph2"
+    assert {"mae", "gender_acc", "ca3", "ca5"} <= set(metrics)
+    utk = tmp_path / "utk"
+    utk.mkdir()
+    for path in sorted(shared("utkface/crop_part1").glob("*.jpg"))[:30]:
+        shutil.copy(path, utk)
+    (utk / "5_0_0_20170101000000000.jpg.chip.jpg").write_bytes(b"garbage")
+    result = agegender("evaluate", "--root", utk, "--weights", random_weights, "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 30 and metrics["failed"] == 1 and metrics["dataset"] == "utkface"
+    assert "5_0_0_20170101000000000.jpg.chip.jpg" in result.stderr
+
+
+def test_wrong_layout_says_what_was_expected(tmp_path):
+    (tmp_path / "random.txt").write_text("x")
+    result = agegender("evaluate", "--dataset", "aaf", "--root", tmp_path, "--json")
+    assert result.returncode == 2
+    assert "aglined faces" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_protocol_and_report_commands(tmp_path, morph_folder):
+    result = agegender("protocol", "--dataset", "morph2", "--root", morph_folder, "--protocol", "kfold5-subject",
+                       "--max-folds", "2", "--epochs", "1", "--batch-size", "16", "--no-progress", "--json",
+                       "--out", tmp_path / "protocol")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert [fold["fold"] for fold in report["folds"]] == ["fold0", "fold1"]
+    assert report["mean"]["folds"] == 2 and report["mean"]["mae"] > 0
+    result = agegender("report", tmp_path / "protocol", "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    assert "| protocol | paper |" in result.stdout and "MORPH" not in result.stdout or "morph2" in result.stdout
+    for plot in ("ca_curve.png", "mae_by_age.png", "gender_confusion.png"):
+        assert (tmp_path / "report" / plot).stat().st_size > 1000
