@@ -177,3 +177,11 @@ def test_protocol_and_report_commands(tmp_path, morph_folder):
     assert "| protocol | paper |" in result.stdout and "MORPH" not in result.stdout or "morph2" in result.stdout
     for plot in ("ca_curve.png", "mae_by_age.png", "gender_confusion.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000
+
+
+def test_init_weights_must_match_the_model(tmp_path, morph_folder, random_weights):
+    result = agegender("train", "--dataset", "morph2", "--root", morph_folder, "--protocol", "kfold5",
+                       "--model", "ssrnet", "--init-weights", random_weights, "--epochs", "1", "--no-progress",
+                       "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert "is a 'paper' model, not 'ssrnet'" in result.stderr

@@ -45,6 +45,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss-weights", default=",".join(f"{k}={v}" for k, v in defaults.loss_weights.items()),
                         help="per-head loss weights, e.g. final=1,low=0.5,virtual=0.25")
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--init-weights", default="", help="start from these weights (pretraining + fine-tuning, "
+                        "e.g. FG-NET LOPO folds fine-tuned from a model trained on another dataset)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -60,7 +62,7 @@ def config_from_args(args):
         raise CommandError(f"--loss-weights: expected head=weight,... got {args.loss_weights!r}") from error
     return TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
-                       seed=args.seed, threads=args.threads, device=args.device)
+                       seed=args.seed, threads=args.threads, device=args.device, init_weights=args.init_weights)
 
 
 def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):
@@ -116,8 +118,13 @@ def cmd_train(args) -> int:
             "licence": "Research use only: trained on datasets released for non-commercial research "
                        "(AAF, UTKFace); do not use commercially.",
             "detector_for_crops": args.detector}
-    result = train(config, concatenate(train_parts), concatenate(val_parts), args.out, resume=args.resume,
-                   card=card, progress=not args.no_progress)
+    from agegender_ros.weights import WeightsError
+
+    try:
+        result = train(config, concatenate(train_parts), concatenate(val_parts), args.out, resume=args.resume,
+                       card=card, progress=not args.no_progress)
+    except (WeightsError, ValueError) as error:
+        raise CommandError(str(error)) from error
     if result and len(val_parts) > 1:
         # Each dataset's held-out part on its own, so a combined run can be compared with single-dataset ones.
         from agegender_ros.weights import load_model

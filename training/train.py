@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from agegender_ros.model import HEADS, AgeGenderModel, create_model, ensemble, normalise_crops_tensor
-from agegender_ros.weights import save_weights
+from agegender_ros.weights import load_model, save_weights
 
 from .cache import CONTEXT, PreprocessedSet
 from .metrics import age_gender_metrics
@@ -51,6 +51,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads (0: torch default)
     device: str = "auto"
     amp: bool = True  # on CUDA only
+    init_weights: str = ""  # start from these weights (e.g. FG-NET LOPO: pretrain elsewhere, fine-tune per fold)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -201,7 +202,14 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     seed_everything(config.seed)
-    model = create_model(config.model).to(device).to(memory_format=torch.channels_last)
+    model = create_model(config.model)
+    if config.init_weights:
+        pretrained, card = load_model(config.init_weights)
+        if card["architecture"] != config.model:
+            raise ValueError(f"--init-weights {config.init_weights} is a {card['architecture']!r} model, "
+                             f"not {config.model!r}")
+        model.load_state_dict(pretrained.state_dict())
+    model = model.to(device).to(memory_format=torch.channels_last)
     if len(train_set) == 0:
         raise ValueError("the training set is empty")
     steps_per_epoch = max(1, len(train_set) // (config.batch_size * world))
