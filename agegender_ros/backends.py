@@ -102,6 +102,9 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        # No busy-waiting between runs: on a shared CPU (a robot's; here 2 cores beside the detector's session)
+        # spinning threads steal the cores the other work needs (docs/results.md, "Inference speed").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=onnxruntime_providers(prefer_gpu))
         self.providers = self.session.get_providers()
 
