@@ -1,0 +1,389 @@
+"""ROS-free logic shared by the node and its launch file: the node's parameter table and the launch arguments.
+
+* `NODE_PARAMETERS`: every parameter of `agegender_node` with its default, description and allowed range or
+  choices. `agegender_ros.node` declares them from this table (descriptions and ranges show up in
+  `ros2 param describe`), and `validate_parameters` checks a full set of values at start-up, so a bad params
+  file gives one clear error listing every problem.
+* `LAUNCH_ARGUMENTS` and `plan_launch(values, share_dir)`: what `launch/nano.launch.py` declares and how the
+  argument strings turn into the node's parameters (params file + overrides) and an optional camera driver
+  node. The launch file itself only wraps the result in launch_ros actions.
+
+Nothing here imports ROS, NumPy, OpenCV or torch. Runs on Python 3.8 (JetPack 4.6 containers).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+DETECTORS = ("auto", "scrfd", "blazeface", "haar")
+CAMERAS = ("none", "v4l2", "usb_cam", "csi")
+
+
+class ParameterError(ValueError):
+    """Invalid node parameters or launch arguments; str() lists every problem, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    kind: str  # bool | int | float | str | str_list
+    choices: tuple = ()
+    low: float | None = None  # inclusive range (int / float parameters)
+    high: float | None = None
+    constraints: str = ""  # extra rule, in words (ParameterDescriptor.additional_constraints)
+
+
+NODE_PARAMETERS = (
+    ParamSpec("image_topics", ["/camera/image_raw"], "sensor_msgs/Image topics to read. A name ending in "
+              "'/compressed' (image_transport's convention) is read as sensor_msgs/CompressedImage instead.",
+              "str_list", constraints="valid ROS topic names; together with compressed_image_topics at least one"),
+    ParamSpec("compressed_image_topics", [], "sensor_msgs/CompressedImage topics (JPEG or PNG) to read as well.",
+              "str_list", constraints="valid ROS topic names"),
+    ParamSpec("detections_topic", "/agegender/detections", "Output topic: agegender_ros/AgeGenderArray, one per "
+              "processed image (also when no face is found), with the image's header.", "str"),
+    ParamSpec("publish_debug_image", False, "Publish the annotated image (sensor_msgs/Image bgr8) on "
+              "debug_image_topic; it is drawn only while someone subscribes.", "bool"),
+    ParamSpec("debug_image_topic", "/agegender/debug_image", "Output topic of the annotated image.", "str"),
+    ParamSpec("publish_vision_msgs", True, "Also publish vision_msgs/Detection2DArray on vision_msgs_topic "
+              "(effective only when vision_msgs is installed).", "bool"),
+    ParamSpec("vision_msgs_topic", "/agegender/detections_2d", "Output topic of the Detection2DArray.", "str"),
+    ParamSpec("weights", "", "Model weights (.pt with its .json card beside it); '' = the package's default "
+              "weights (or $AGEGENDER_WEIGHTS).", "str"),
+    ParamSpec("engine", "", "TensorRT engine for backend tensorrt, as written by `agegender export --format "
+              "tensorrt`; '' = built from the weights on first use and cached.",
+              "str"),
+    ParamSpec("backend", "auto", "Network backend; auto tries tensorrt, then onnxruntime, then torch.", "str",
+              choices=BACKENDS),
+    ParamSpec("detector", "auto", "Face detector; auto tries scrfd, then blazeface, then haar.", "str",
+              choices=DETECTORS),
+    ParamSpec("detector_input_size", 320, "Detector input size in pixels: SCRFD resizes the longer image side "
+              "to this; BlazeFace uses its short-range model up to 128, its full-range model above; Haar ignores "
+              "it.", "int", low=64, high=1920, constraints="a multiple of 32"),
+    ParamSpec("score_threshold", 0.5, "Minimum face detection score.", "float", low=0.0, high=1.0),
+    ParamSpec("max_faces", 32, "At most this many faces per image (the most confident).", "int", low=1, high=256),
+    ParamSpec("min_face_size", 0, "Ignore faces whose box is smaller than this (pixels, shorter side).", "int",
+              low=0, high=4096),
+    ParamSpec("num_threads", 2, "CPU threads for the detector and the network (0 = the runtime's default).",
+              "int", low=0, high=64),
+    ParamSpec("tracking", True, "Track faces across frames (stable track_id) and smooth age and gender.", "bool"),
+    ParamSpec("smoothing", 0.6, "Weight of the past in the exponential smoothing of age and gender "
+              "(0 = per-frame values).", "float", low=0.0, high=0.99),
+    ParamSpec("track_max_missed", 5, "A track is dropped after this many consecutive frames without its face.",
+              "int", low=0, high=10000),
+    ParamSpec("track_iou_threshold", 0.3, "Minimum box IoU for a face to continue a track.", "float", low=0.01,
+              high=1.0),
+    ParamSpec("max_rate_hz", 0.0, "Process at most this many frames per second (0 = every frame the node can "
+              "keep up with; older frames are always dropped in favour of the newest).", "float", low=0.0,
+              high=1000.0),
+    ParamSpec("diagnostics_period_s", 1.0, "Period of diagnostic_msgs/DiagnosticArray on /diagnostics "
+              "(0 = off; needs diagnostic_msgs).", "float", low=0.0, high=3600.0),
+    ParamSpec("warn_throttle_s", 5.0, "At most one warning per kind (bad image, failed frame) in this many "
+              "seconds; the next one says how many were suppressed.", "float", low=0.0, high=3600.0),
+)
+PARAMETERS_BY_NAME = {spec.name: spec for spec in NODE_PARAMETERS}
+
+# ROS 2 topic names: tokens of letters, digits and underscores (not starting with a digit) separated by '/',
+# optionally absolute ('/') or private ('~/'), with {substitutions}.
+_TOPIC_RE = re.compile(r"^(~/|/)?[A-Za-z_{][A-Za-z0-9_{}]*(/[A-Za-z_{][A-Za-z0-9_{}]*)*$")
+
+
+def default_parameters() -> dict:
+    return {spec.name: (list(spec.default) if isinstance(spec.default, list) else spec.default)
+            for spec in NODE_PARAMETERS}
+
+
+def topic_name_problem(name: Any) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "an empty topic name"
+    if not _TOPIC_RE.match(name):
+        return f"{name!r} is not a valid ROS topic name"
+    return None
+
+
+def _type_problem(spec: ParamSpec, value: Any) -> str | None:
+    expected = {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number",
+                "str": "a string", "str_list": "a list of strings"}[spec.kind]
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "str_list": isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+    }[spec.kind]
+    if ok:
+        return None
+    return f"{spec.name}: expected {expected}, got {value!r} ({type(value).__name__})"
+
+
+def spec_problem(spec: ParamSpec, value: Any) -> str | None:
+    """What is wrong with this one value (type, choices, range), or None."""
+    problem = _type_problem(spec, value)
+    if problem:
+        return problem
+    if spec.choices and value not in spec.choices:
+        return f"{spec.name}: {value!r} is not one of {', '.join(spec.choices)}"
+    if spec.low is not None and spec.high is not None and not spec.low <= value <= spec.high:
+        return f"{spec.name}: {value!r} is outside the allowed range {spec.low}..{spec.high}"
+    return None
+
+
+def validate_parameters(values: Mapping[str, Any], check_files: bool = True) -> dict:
+    """The full, checked parameter set (defaults filled in). Raises ParameterError listing every problem."""
+    merged = default_parameters()
+    problems = [f"unknown parameter {name!r}" for name in values if name not in PARAMETERS_BY_NAME]
+    merged.update({k: v for k, v in values.items() if k in PARAMETERS_BY_NAME})
+    for spec in NODE_PARAMETERS:
+        problem = spec_problem(spec, merged[spec.name])
+        if problem:
+            problems.append(problem)
+            # Check the rest with the default in its place, so that one run lists every problem.
+            merged[spec.name] = list(spec.default) if isinstance(spec.default, list) else spec.default
+    for name in ("score_threshold", "smoothing", "track_iou_threshold", "max_rate_hz", "diagnostics_period_s",
+                 "warn_throttle_s"):
+        merged[name] = float(merged[name])
+    merged["image_topics"] = [t.strip() for t in merged["image_topics"] if t.strip()]
+    merged["compressed_image_topics"] = [t.strip() for t in merged["compressed_image_topics"] if t.strip()]
+    topics = merged["image_topics"] + merged["compressed_image_topics"]
+    if not topics:
+        problems.append("image_topics and compressed_image_topics are both empty: give at least one input topic")
+    for name in ("image_topics", "compressed_image_topics"):
+        for topic in merged[name]:
+            problem = topic_name_problem(topic)
+            if problem:
+                problems.append(f"{name}: {problem}")
+    duplicates = sorted({t for t in topics if topics.count(t) > 1})
+    if duplicates:
+        problems.append(f"input topic(s) listed twice: {', '.join(duplicates)}")
+    for name in ("detections_topic", "debug_image_topic", "vision_msgs_topic"):
+        problem = topic_name_problem(merged[name])
+        if problem:
+            problems.append(f"{name}: {problem}")
+    if merged["detector"] in ("auto", "scrfd") and merged["detector_input_size"] % 32:
+        problems.append(f"detector_input_size: {merged['detector_input_size']} is not a multiple of 32 "
+                        "(SCRFD needs one)")
+    if check_files:
+        for name in ("weights", "engine"):
+            path = merged[name]
+            if path and not os.path.isfile(os.path.expanduser(path)):
+                problems.append(f"{name}: file {path!r} does not exist")
+        if merged["weights"] and os.path.isfile(os.path.expanduser(merged["weights"])):
+            card = os.path.splitext(os.path.expanduser(merged["weights"]))[0] + ".json"
+            if not os.path.isfile(card):
+                problems.append(f"weights: model card {card!r} is missing (every .pt needs its .json beside it)")
+    if merged["backend"] in ("onnxruntime", "torch") and merged["engine"]:
+        problems.append(f"engine: set, but backend is {merged['backend']} (an engine is only used by tensorrt)")
+    if problems:
+        raise ParameterError(problems)
+    return merged
+
+
+def split_topics(value: Mapping[str, Any] | Any) -> tuple[list[str], list[str]]:
+    """(raw topics, compressed topics) from the validated parameters: image_topics entries ending in
+    '/compressed' move to the compressed list."""
+    raw = [t for t in value["image_topics"] if not t.rstrip("/").endswith("/compressed")]
+    compressed = [t for t in value["image_topics"] if t.rstrip("/").endswith("/compressed")]
+    compressed += [t for t in value["compressed_image_topics"] if t not in compressed]
+    return raw, compressed
+
+
+def detector_options(detector: str, input_size: int, score_threshold: float, threads: int,
+                     min_face_size: int) -> dict:
+    """Keyword arguments for `faces.DETECTORS[detector]` from the node's parameters."""
+    if detector == "scrfd":
+        return {"input_size": input_size, "score_threshold": score_threshold, **({"threads": threads} if threads
+                                                                                 else {})}
+    if detector == "blazeface":
+        return {"variant": "short" if input_size <= 128 else "full", "score_threshold": score_threshold,
+                **({"threads": threads} if threads else {})}
+    if detector == "haar":
+        return {"min_size": max(24, min_face_size)}
+    raise ValueError(f"no options for detector {detector!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launch arguments (launch/nano.launch.py)
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    name: str
+    default: str
+    description: str
+    choices: tuple = ()
+
+
+LAUNCH_ARGUMENTS = (
+    LaunchArgument("params_file", "", "Node parameters (YAML); '' = the package's config/nano.yaml (tuned for a "
+                   "Jetson Nano; config/desktop.yaml is the desktop variant)."),
+    LaunchArgument("image_topics", "", "Input sensor_msgs/Image topic(s), comma-separated (a name ending in "
+                   "'/compressed' is read as CompressedImage); '' = from the params file."),
+    LaunchArgument("compressed_image_topics", "", "Input sensor_msgs/CompressedImage topic(s), comma-separated; "
+                   "'' = from the params file."),
+    LaunchArgument("backend", "", "auto | tensorrt | onnxruntime | torch; '' = from the params file.",
+                   ("",) + BACKENDS),
+    LaunchArgument("weights", "", "Model weights .pt (with its .json card); '' = from the params file / package "
+                   "default."),
+    LaunchArgument("engine", "", "TensorRT engine (`agegender export --format tensorrt`) for backend tensorrt; '' = "
+                   "built from the weights."),
+    LaunchArgument("publish_debug_image", "", "true | false: publish the annotated image; '' = from the params "
+                   "file."),
+    LaunchArgument("camera", "none", "Camera driver to start as well: none | v4l2 (v4l2_camera) | usb_cam | csi "
+                   "(Jetson CSI camera through gscam and nvarguscamerasrc).", CAMERAS),
+    LaunchArgument("camera_device", "/dev/video0", "Video device of the v4l2 / usb_cam driver; the sensor id "
+                   "(0, 1) for csi."),
+    LaunchArgument("camera_width", "640", "Camera image width."),
+    LaunchArgument("camera_height", "480", "Camera image height."),
+    LaunchArgument("camera_fps", "30", "Camera frame rate."),
+    LaunchArgument("node_name", "agegender_node", "Name of the age/gender node."),
+    LaunchArgument("namespace", "", "Namespace of the nodes."),
+    LaunchArgument("log_level", "info", "Log level of the age/gender node: debug | info | warn | error.",
+                   ("debug", "info", "warn", "error", "fatal")),
+)
+LAUNCH_DEFAULTS = {a.name: a.default for a in LAUNCH_ARGUMENTS}
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass
+class NodeLaunch:
+    """One node to launch: the arguments of launch_ros.actions.Node."""
+
+    package: str
+    executable: str
+    name: str
+    namespace: str = ""
+    parameters: list = field(default_factory=list)  # params file paths and {name: value} dicts, in order
+    remappings: list = field(default_factory=list)  # (from, to)
+    arguments: list = field(default_factory=list)
+
+
+@dataclass
+class LaunchPlan:
+    node: NodeLaunch
+    camera: NodeLaunch | None
+
+
+def parse_list(value: str) -> list[str]:
+    """'a, b', 'a b' or '[a, b]' (YAML-ish, quotes allowed) -> ['a', 'b']."""
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [item.strip().strip("'\"") for item in re.split(r"[,\s]+", text) if item.strip().strip("'\"")]
+
+
+def parse_bool(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ParameterError([f"launch argument {name}: {value!r} is not true or false"])
+
+
+def camera_launch(kind: str, device: str, width: int, height: int, fps: int, topic: str,
+                  namespace: str = "") -> NodeLaunch | None:
+    """The camera driver node publishing sensor_msgs/Image on `topic`, or None for kind 'none'."""
+    if kind == "none":
+        return None
+    if kind == "v4l2":
+        # ros-<distro>-v4l2-camera. YUYV straight from the camera, converted by agegender_node: half the bytes of
+        # rgb8 on the wire and no conversion in the driver.
+        return NodeLaunch("v4l2_camera", "v4l2_camera_node", "camera", namespace, [{
+            "video_device": device, "image_size": [width, height], "pixel_format": "YUYV",
+            "output_encoding": "yuv422_yuy2", "time_per_frame": [1, fps], "camera_frame_id": "camera_optical_frame",
+        }], [("image_raw", topic), ("camera_info", _sibling(topic, "camera_info"))])
+    if kind == "usb_cam":
+        # ros-<distro>-usb-cam.
+        return NodeLaunch("usb_cam", "usb_cam_node_exe", "camera", namespace, [{
+            "video_device": device, "image_width": width, "image_height": height, "framerate": float(fps),
+            "pixel_format": "yuyv", "frame_id": "camera_optical_frame",
+        }], [("image_raw", topic), ("camera_info", _sibling(topic, "camera_info"))])
+    if kind == "csi":
+        # Jetson CSI camera (e.g. Raspberry Pi v2 / IMX219) through the gscam driver (ros-drivers/gscam, ros2
+        # branch, built from source): nvarguscamerasrc -> NVMM -> nvvidconv -> BGRx -> videoconvert -> RGB.
+        sensor = device if device.isdigit() else "0"
+        pipeline = (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
+                    f"framerate={fps}/1,format=NV12 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! "
+                    "video/x-raw,format=RGB")
+        return NodeLaunch("gscam", "gscam_main", "camera", namespace, [{
+            "gscam_config": pipeline, "image_encoding": "rgb8", "frame_id": "camera_optical_frame",
+            "camera_name": "csi_camera", "sync_sink": False, "use_gst_timestamps": False,
+        }], [("camera/image_raw", topic), ("camera/camera_info", _sibling(topic, "camera_info"))])
+    raise ParameterError([f"launch argument camera: {kind!r} is not one of {', '.join(CAMERAS)}"])
+
+
+def _sibling(topic: str, name: str) -> str:
+    head = topic.rsplit("/", 1)[0] if "/" in topic else ""
+    return f"{head}/{name}" if head or topic.startswith("/") else name
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise ParameterError([f"launch argument {name}: {value!r} is not a positive integer"])
+    return number
+
+
+def plan_launch(values: Mapping[str, str], share_dir: str) -> LaunchPlan:
+    """Launch argument strings -> the age/gender node (+ camera node). Raises ParameterError when one is bad.
+
+    Only arguments that are set (non-empty) override the params file; empty lists are never passed (rcl's
+    YAML parser rejects empty arrays).
+    """
+    args = dict(LAUNCH_DEFAULTS)
+    args.update({k: ("" if v is None else str(v)) for k, v in values.items()})
+    problems = []
+    for argument in LAUNCH_ARGUMENTS:
+        if argument.choices and args[argument.name] not in argument.choices:
+            problems.append(f"launch argument {argument.name}: {args[argument.name]!r} is not one of "
+                            f"{', '.join(c for c in argument.choices if c)}")
+    params_file = args["params_file"] or os.path.join(share_dir, "config", "nano.yaml")
+    if not os.path.isfile(params_file):
+        problems.append(f"launch argument params_file: {params_file!r} does not exist")
+    if problems:
+        raise ParameterError(problems)
+
+    overrides: dict = {}
+    for name in ("image_topics", "compressed_image_topics"):
+        topics = parse_list(args[name])
+        for topic in topics:
+            problem = topic_name_problem(topic)
+            if problem:
+                problems.append(f"launch argument {name}: {problem}")
+        if topics:
+            overrides[name] = topics
+    for name in ("backend", "weights", "engine"):
+        if args[name]:
+            overrides[name] = os.path.expanduser(args[name])
+    if args["engine"] and not args["backend"]:
+        overrides["backend"] = "tensorrt"
+    if args["publish_debug_image"]:
+        overrides["publish_debug_image"] = parse_bool("publish_debug_image", args["publish_debug_image"])
+    if problems:
+        raise ParameterError(problems)
+
+    arguments = ["--ros-args", "--log-level", args["log_level"]]
+    node = NodeLaunch("agegender_ros", "agegender_node", args["node_name"], args["namespace"],
+                      [params_file] + ([overrides] if overrides else []), [], arguments)
+    topic = (overrides.get("image_topics") or ["/camera/image_raw"])[0]
+    if topic.rstrip("/").endswith("/compressed") and args["camera"] != "none":
+        raise ParameterError(["launch argument camera: the camera drivers publish raw images; give a raw "
+                              "image_topics entry (not .../compressed) as the first one"])
+    camera = camera_launch(args["camera"], args["camera_device"],
+                           _positive_int("camera_width", args["camera_width"]),
+                           _positive_int("camera_height", args["camera_height"]),
+                           _positive_int("camera_fps", args["camera_fps"]), topic, args["namespace"])
+    return LaunchPlan(node, camera)
