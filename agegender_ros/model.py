@@ -103,7 +103,7 @@ def ensemble(
     aw, pw = torch.stack(age_w), torch.stack(prob_w)
     age = (age_stack * aw).sum(1) / aw.sum()
     p_male = (p_stack * pw).sum(1) / pw.sum()
-    age_std = age_stack.std(1, unbiased=False) if age_stack.shape[1] > 1 else torch.zeros_like(age)
+    age_std = age_stack.std(1, unbiased=False)  # 0 for a single-head model
     return age.clamp(0.0, 100.0), p_male, age_std
 
 
