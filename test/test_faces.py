@@ -1,6 +1,5 @@
 """Face detectors on real photos, and the crop geometry shared by training and inference."""
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -20,8 +19,6 @@ import numpy as np
 
 from agegender_ros import faces
 from agegender_ros.backends import cache_dir
-
-log = logging.getLogger(__name__)
 
 CONTEXT = 1.25  # stored crop side / inference crop side
 STORED_SIZE = round(faces.CROP_SIZE * CONTEXT)  # 80 px
@@ -139,8 +136,6 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
         results = list(iterator)
     keep = [i for i, (crop, _, _) in enumerate(results) if crop is not None]
     failed = [(paths[i], reason) for i, (crop, _, reason) in enumerate(results) if crop is None]
-    for failed_path, reason in failed:
-        log.warning("%s: %s (skipped)", failed_path, reason)
     empty = np.zeros((0, STORED_SIZE, STORED_SIZE, 3), np.uint8)
     result = PreprocessedSet(
         crops=np.stack([results[i][0] for i in keep]) if keep else empty,

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from agegender_ros.cli import CommandError
-
-log = logging.getLogger("agegender.training")
 
 
 def _dataset_args(parser: argparse.ArgumentParser, repeatable: bool) -> None:

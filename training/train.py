@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agegender_ros.model import HEADS, AgeGenderModel, create_model, ensemble, normalise_crops_tensor
+from agegender_ros.model import HEADS, AgeGenderModel, create_model, normalise_crops_tensor
 from agegender_ros.weights import load_model, save_weights
 
 from .cache import CONTEXT, PreprocessedSet
