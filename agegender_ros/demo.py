@@ -89,7 +89,8 @@ def main(argv: list | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    from agegender_ros import node as ros  # rclpy from here on
+    from agegender_ros import ros_session as ros  # rclpy from here on
+    from agegender_ros.ros_echo import message_to_yaml
 
     domain = ros.private_domain_id()
     print(HEADER.format(detector=args.detector, backend=args.backend, samples=Path(args.samples),
@@ -125,7 +126,7 @@ def main(argv: list | None = None) -> int:
                 return 1
             print(f"# {path.name} ({frame.shape[1]}x{frame.shape[0]}): {len(msg.faces)} face(s) on "
                   "/agegender/detections")
-            print(ros.message_to_yaml(msg))
+            print(message_to_yaml(msg))
             print("---", flush=True)
             annotated = probe.wait_debug_image(stamp, 10.0)
             if annotated is not None:

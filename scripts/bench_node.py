@@ -97,7 +97,7 @@ def run(args, transport: str) -> dict:
         # Read when the first DDS participant of a process is created (Fast DDS 2.x / 3.x names).
         os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
 
-    from agegender_ros import node as ros
+    from agegender_ros import ros_session as ros
     from agegender_ros.ros_image import encode_frame
     from agegender_ros.weights import default_weights_path
 

@@ -81,7 +81,9 @@ def live(random_weights):
     node_module = _need_dds()
     from rclpy.parameter import Parameter
 
-    session = node_module.RosSession(domain_id=DOMAIN_ID)
+    from agegender_ros.ros_session import Probe, RosSession
+
+    session = RosSession(domain_id=DOMAIN_ID)
     try:
         node = session.add(node_module.AgeGenderNode(context=session.context, parameter_overrides=[
             Parameter("weights", value=str(random_weights)),
@@ -92,9 +94,8 @@ def live(random_weights):
             Parameter("warn_throttle_s", value=1.0),
             Parameter("num_threads", value=1),
         ]))
-        probe = session.add(node_module.Probe(context=session.context,
-                                              compressed_topic="/camera/image_raw/compressed",
-                                              debug_image_topic="/agegender/debug_image", diagnostics=True))
+        probe = session.add(Probe(context=session.context, compressed_topic="/camera/image_raw/compressed",
+                                  debug_image_topic="/agegender/debug_image", diagnostics=True))
         assert probe.wait_ready(20.0, debug_image=True), "node and probe did not discover each other in 20 s"
         yield types.SimpleNamespace(node=node, probe=probe, session=session, module=node_module)
     finally:
@@ -128,19 +129,20 @@ def test_message_to_yaml_matches_ros2_topic_echo_layout():
     m = _ros()
     from std_msgs.msg import Header
 
+    from agegender_ros.ros_echo import message_to_yaml
     from agegender_ros.tracking import TrackedFace
 
     header = Header(frame_id="camera")
     header.stamp.sec, header.stamp.nanosec = 1700000000, 5
     msg = m.faces_to_message(header, [TrackedFace(3, (10, 20, 74, 68), 0.875, 31.5, 2.25, 0.75, 1)], 640, 480)
-    assert m.message_to_yaml(msg).splitlines() == [
+    assert message_to_yaml(msg).splitlines() == [
         "header:", "  stamp:", "    sec: 1700000000", "    nanosec: 5", "  frame_id: camera",
         "faces:", "- roi:", "    x_offset: 10", "    y_offset: 20", "    height: 48", "    width: 64",
         "    do_rectify: false", "  score: 0.875", "  age: 31.5", "  age_std: 2.25", "  gender: 2",
         "  gender_confidence: 0.75", "  p_male: 0.75", "  track_id: 3",
     ]
     empty = m.faces_to_message(header, [], 640, 480)
-    assert m.message_to_yaml(empty).splitlines()[-1] == "faces: []"
+    assert message_to_yaml(empty).splitlines()[-1] == "faces: []"
 
 
 def _fake_vision_msgs(v4: bool):
@@ -428,7 +430,9 @@ def test_bad_parameters_in_process(random_weights):
     node_module = _need_dds()
     from rclpy.parameter import Parameter
 
-    with node_module.RosSession(domain_id=DOMAIN_ID) as session:
+    from agegender_ros.ros_session import RosSession
+
+    with RosSession(domain_id=DOMAIN_ID) as session:
         with pytest.raises(node_module.StartupError) as info:
             node_module.AgeGenderNode("agegender_bad", context=session.context, parameter_overrides=[
                 Parameter("score_threshold", value=1.5), Parameter("backend", value="cuda"),
@@ -496,7 +500,8 @@ def test_installed_executable_with_nano_yaml(live, random_weights, astronaut):
     CompressedImage: large raw images from this long-running test process to a new process were seen to go
     missing (a Fast DDS quirk here, not reproduced between fresh processes); the raw path is covered above
     and by scripts/bench_node.py between two processes."""
-    node_module = live.module
+    from agegender_ros.ros_session import Probe
+
     # Own process group: the cleanup below kills `timeout` and the node together.
     proc = subprocess.Popen(["timeout", "-s", "KILL", "60"] + _node_command() + [
         "--ros-args", "--params-file", str(REPO / "config" / "nano.yaml"), "-p", f"weights:={random_weights}",
@@ -509,9 +514,9 @@ def test_installed_executable_with_nano_yaml(live, random_weights, astronaut):
     probe = None
     try:
         # Own topics: the in-process node of the other tests is still up.
-        probe = live.session.add(node_module.Probe(image_topic="", compressed_topic="/nano/image_raw/compressed",
-                                                   detections_topic="/nano/detections", context=live.session.context,
-                                                   name="nano_probe"))
+        probe = live.session.add(Probe(image_topic="", compressed_topic="/nano/image_raw/compressed",
+                                       detections_topic="/nano/detections", context=live.session.context,
+                                       name="nano_probe"))
         assert probe.wait_ready(30.0), "".join(output)[-3000:]
         stamp, msg = probe.request(astronaut, "jpeg", timeout=20)
         assert len(msg.faces) == 1 and _inside(_centre(msg.faces[0]), ASTRONAUT_FACE)
