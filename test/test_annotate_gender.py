@@ -14,6 +14,7 @@ import urllib.request
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -228,6 +229,14 @@ def test_train_label_export_on_a_megaage_layout_fixture(roots, trained, tmp_path
     queue = json.loads((workdir / "queue.json").read_text())
     assert len(queue["items"]) == summary["queued"]
     assert all(set(item["votes"]) == set(names) for item in queue["items"])
+    # Each queued face carries the detected box (image pixels) the review page outlines.
+    for item in queue["items"]:
+        height, width = cv2.imread(item["path"]).shape[:2]
+        assert isinstance(item["detected"], bool) and (item["box"] is None) == (not item["detected"])
+        if item["box"] is not None:
+            x1, y1, x2, y2 = item["box"]
+            assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, (item, width, height)
+    assert not queue["items"] or any(item["box"] for item in queue["items"])
 
     out = tmp_path / "gender_annotation.csv"
     code, stdout, err = agegender("annotate-gender", "export", "--workdir", workdir, "--out", out)

@@ -128,6 +128,49 @@ def _trained_set(workdir: Path, models: str | None) -> list[str]:
     return names
 
 
+def _face_boxes(paths, detected, indices, detector_name: str, threads: int = 0, progress: bool = True):
+    """{index: [x1, y1, x2, y2] or None} for the given images: the face the preprocessing cache cropped (same
+    detector, padding and choice of the main face), for the review page to outline; None where the cache found
+    no face (the whole image was judged). None overall when the detector cannot be made (no boxes are stored)."""
+    import cv2
+    import numpy as np
+
+    from agegender_ros import faces
+    from training.cache import DETECT_PAD, pick_main_face
+
+    try:
+        detector = faces.create_detector(detector_name, **({"threads": threads} if threads and detector_name in
+                                                             ("scrfd", "blazeface") else {}))
+    except (faces.DetectorUnavailable, ValueError) as error:
+        print(f"warning: no face boxes for the review page ({error})", file=sys.stderr)
+        return None
+    indices = [int(i) for i in indices]
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc="locate queued faces", unit="img")
+    boxes = {}
+    for i in indices:
+        boxes[i] = None
+        if not detected[i]:
+            continue
+        try:
+            data = np.fromfile(str(paths[i]), np.uint8)
+        except OSError:
+            continue
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        if image is None:
+            continue
+        h, w = image.shape[:2]
+        pad_y, pad_x = int(h * DETECT_PAD), int(w * DETECT_PAD)
+        padded = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT)
+        face = pick_main_face(detector.detect(padded), padded.shape)
+        if face is not None:
+            x1, y1, x2, y2 = (float(v) for v in face.box - np.array([pad_x, pad_y, pad_x, pad_y], np.float32))
+            boxes[i] = [max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)]
+    return boxes
+
+
 def cmd_label(args) -> int:
     import numpy as np
     import torch
@@ -154,8 +197,11 @@ def cmd_label(args) -> int:
                                           progress=None if args.no_progress else f"label with {name}")
                       for name, model in zip(names, models)], 1)
     image_names = [Path(p).name for p in data.paths]
+    queued = np.flatnonzero(consensus.queue_mask(probs, args.min_confidence))
+    boxes = _face_boxes(data.paths, data.detected, queued, args.detector, args.threads, not args.no_progress)
     summary = consensus.write_labels(workdir, names, data.splits, image_names, data.paths, probs,
-                                     min_confidence=args.min_confidence, root=args.root, failed=data.failed)
+                                     min_confidence=args.min_confidence, root=args.root, failed=data.failed,
+                                     boxes=boxes)
     answers = consensus.AnswerLog(workdir / consensus.ANSWERS_FILE).read()
     queue_ids = {item["id"] for item in consensus.read_queue(workdir)["items"]}
     summary["already_answered"] = len(queue_ids & set(answers))
@@ -165,16 +211,25 @@ def cmd_label(args) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """--port's value: 0-65535 (0: any free port); anything else is a one-line CommandError."""
+    text = str(text).strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise _command_error()(f"--port {text!r}: not a port number (0-65535; 0 picks a free port)")
+    return int(text)
+
+
 def cmd_review(args) -> int:
     from . import review
 
     CommandError = _command_error()
+    port = _port(args.port)
     try:
-        server = review.make_server(Path(args.workdir), args.host, args.port)
+        server = review.make_server(Path(args.workdir), args.host, port)
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from error
     except OSError as error:
-        raise CommandError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from error
+        raise CommandError(f"cannot listen on {args.host}:{port}: {error.strerror or error}") from error
     state = server.RequestHandlerClass.review.state()
     url = review.url_of(server)
     print(f"review page: {url}  ({state['answered']} of {state['total']} answered; Ctrl-C stops, "
@@ -263,7 +318,8 @@ def add_commands(sub) -> None:
 
     p = commands.add_parser("review", help="serve the review page on 127.0.0.1 (m / f / s per face)")
     p.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (127.0.0.1, ::1, localhost)")
-    p.add_argument("--port", type=int, default=8765, help="port (0: any free port; default %(default)s)")
+    p.add_argument("--port", default="8765",  # checked by cmd_review: a bad value is a one-line error, exit 2
+                   help="port (0: any free port; default %(default)s)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     workdir(p)
     p.set_defaults(func=cmd_review)

@@ -4,7 +4,7 @@ Work folder layout (all written atomically or append-only):
     classifiers/<name>/     checkpoint.pt, model.pt, metrics.json, val_predictions.npz    (train)
     classifiers.json        the trained set, in order; aaf_val_consensus.json: its agreement on AAF val
     labels.csv              one row per labelled image: every classifier's P(male), agreement, label  (label)
-    queue.json              the faces to review (disagreements), with the classifiers' votes            (label)
+    queue.json              the faces to review (disagreements): the classifiers' votes, face box       (label)
     answers.jsonl           one JSON line per answer, appended and fsync'd before the reply            (review)
     gender_annotation.csv   what the MegaAge-Asian adapter reads                                       (export)
 """
@@ -83,13 +83,23 @@ def item_id(split: str, name: str) -> str:
     return f"{split}/{name}"
 
 
+def queue_mask(p_male: np.ndarray, min_confidence: float = 0.0) -> np.ndarray:
+    """N bool: the faces that go to the review queue (the classifiers disagree, or agree below min_confidence)."""
+    result = consensus(p_male)
+    return ~result.agreed | (result.confidence < min_confidence)
+
+
 def write_labels(workdir: Path, names: list[str], splits, image_names, paths, p_male: np.ndarray,
-                 min_confidence: float = 0.0, root: str = "", failed=()) -> dict:
-    """labels.csv + queue.json from the classifiers' P(male) (N x K); returns the summary (also saved)."""
+                 min_confidence: float = 0.0, root: str = "", failed=(), boxes=None) -> dict:
+    """labels.csv + queue.json from the classifiers' P(male) (N x K); returns the summary (also saved).
+
+    boxes: optional, indexed like paths (a list or a dict; only queued faces are looked up): the detected face
+    box [x1, y1, x2, y2] in the image's pixels, or None where no face was found (the whole image was judged).
+    Queue items then carry "box" and "detected"; queues written without them still load (no box shown)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     result = consensus(p_male)
-    queued = ~result.agreed | (result.confidence < min_confidence)
+    queued = queue_mask(p_male, min_confidence)
     partial = workdir / (LABELS_FILE + ".partial")
     with partial.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
@@ -106,6 +116,10 @@ def write_labels(workdir: Path, names: list[str], splits, image_names, paths, p_
                       "name": str(image_names[i]), "path": str(paths[i]),
                       "reason": "low-confidence" if result.agreed[i] else "disagree",
                       "votes": {n: round(float(p_male[i, k]), 4) for k, n in enumerate(names)}})
+        if boxes is not None:
+            box = boxes[int(i)]
+            items[-1]["box"] = None if box is None else [round(float(v), 1) for v in box]
+            items[-1]["detected"] = box is not None
     summary = {"root": str(root), "classifiers": list(names), "images": int(len(paths)),
                "agreed": int(result.agreed.sum()),
                "agreement_rate": float(result.agreed.mean()) if len(paths) else None,

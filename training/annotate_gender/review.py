@@ -2,13 +2,19 @@
 
     GET  /                 the page (review.html)
     GET  /api/state        {"total", "answered", "next", "classifiers"}  (next: first unanswered index or null)
-    GET  /api/item/<i>     queued face i: id, split, name, reason, the classifiers' votes, its answer so far
+    GET  /api/item/<i>     queued face i: id, split, name, reason, the classifiers' votes, the detected face box
+                           (image pixels; null where none was found or the queue predates boxes), its answer so far
     GET  /image/<i>        face i's image file, as the dataset has it
     POST /api/answer       {"index": i, "answer": "male" | "female" | "skip"} -> saved (fsync'd) before the reply
 
 Only loopback addresses are accepted for binding, requests must name the server by its loopback host (guards
 against DNS rebinding), and answers must be posted as application/json (a cross-site form cannot send that
 without a CORS preflight, which this server never grants).
+
+A request changes nothing unless it is whole and exact: one numeric Content-Length, a body of exactly that many
+bytes (a shorter one, cut off by a disconnect, is refused), a JSON object whose index is an integer (not a bool,
+float or string) of a queued face and whose answer is one of the three words. Every socket read and write has a
+time limit, so a stalled client cannot hold a handler; a client that goes away mid-reply is one quiet log line.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("review.html")
 MAX_BODY = 4096
+TIMEOUT = 10.0  # seconds any one socket read or write may wait (a stalled or cut-off client)
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def loopback_address(host: str) -> str:
@@ -80,6 +88,7 @@ class ReviewState:
                     "reason": item.get("reason", ""),
                     "votes": [{"classifier": name, "p_male": p, "vote": "male" if p >= 0.5 else "female"}
                               for name, p in item["votes"].items()],
+                    "box": item.get("box"), "detected": item.get("detected"),
                     "answer": self.answers.get(item["id"]), "total": len(self.items),
                     "answered": self.answered()}
 
@@ -96,9 +105,30 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "agegender-review"
     review: ReviewState  # set on the subclass made by make_server
     allowed_hosts: frozenset
+    timeout = TIMEOUT  # socketserver sets it on the connection: every read and write is time-limited
+    _unread_body = False  # a request body left unread: drained before closing, so the reply is not reset
 
     def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
         log.debug("%s %s", self.address_string(), format % args)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionError, socket.timeout) as error:  # the browser closed the tab or stalled mid-transfer
+            log.info("%s: connection closed early (%s)", self.address_string(), type(error).__name__)
+            self.close_connection = True
+
+    def finish(self) -> None:
+        if self._unread_body:  # lingering close: let the client's unread bytes arrive, then close
+            try:
+                self.connection.shutdown(socket.SHUT_WR)
+                self.connection.settimeout(1.0)
+                for _ in range(16):
+                    if not self.connection.recv(MAX_BODY):
+                        break
+            except OSError:
+                pass
+        super().finish()
 
     def _send(self, status: int, body: bytes, content_type: str, cache: bool = False) -> None:
         self.send_response(status)
@@ -123,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _index(self, text: str) -> int | None:
-        if not text.isdigit() or not 0 <= int(text) < len(self.review.items):
+        if not _DIGITS.fullmatch(text) or not 0 <= int(text) < len(self.review.items):
             self._error(HTTPStatus.NOT_FOUND, f"no queued face {text}")
             return None
         return int(text)
@@ -137,11 +167,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
         elif path == "/api/state":
             self._json(self.review.state())
-        elif match := re.fullmatch(r"/api/item/(\w+)", path):
+        elif match := re.fullmatch(r"/api/item/([^/]+)", path):
             index = self._index(match[1])
             if index is not None:
                 self._json(self.review.item(index))
-        elif match := re.fullmatch(r"/image/(\w+)", path):
+        elif match := re.fullmatch(r"/image/([^/]+)", path):
             index = self._index(match[1])
             if index is None:
                 return
@@ -158,7 +188,34 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(HTTPStatus.NOT_FOUND, f"no such page {path}")
 
+    def _body(self) -> bytes | None:
+        """The request body, exactly Content-Length bytes; None (after an error reply) for anything else."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) != 1 or not _DIGITS.fullmatch(lengths[0].strip()):
+            self._error(HTTPStatus.BAD_REQUEST, "expected one numeric Content-Length")
+            return None
+        length = int(lengths[0])
+        if length == 0:
+            self._error(HTTPStatus.BAD_REQUEST, "empty body")
+            return None
+        if length > MAX_BODY:
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
+            return None
+        try:
+            body = self.rfile.read(length)  # returns short only at end of stream; raises on the time limit
+        except socket.timeout:
+            self._unread_body = False  # the stream is unusable after a timeout: close without draining
+            self._error(HTTPStatus.REQUEST_TIMEOUT, f"body not received within {self.timeout:g} s")
+            return None
+        self._unread_body = False
+        if len(body) != length:
+            self._error(HTTPStatus.BAD_REQUEST, f"body cut off: {len(body)} of {length} bytes")
+            return None
+        return body
+
     def do_POST(self) -> None:  # noqa: N802
+        self.close_connection = True
+        self._unread_body = True
         if not self._host_ok():
             return
         if self.path != "/api/answer":
@@ -167,20 +224,26 @@ class _Handler(BaseHTTPRequestHandler):
         if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
             self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "post answers as application/json")
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= MAX_BODY:
-            self._error(HTTPStatus.BAD_REQUEST, "missing or oversized body")
+        data = self._body()
+        if data is None:
             return
+        expected = 'expected {"index": N, "answer": "male"|"female"|"skip"}'
         try:
-            body = json.loads(self.rfile.read(length))
-            index, answer = body["index"], body["answer"]
-        except (ValueError, KeyError, TypeError):
-            self._error(HTTPStatus.BAD_REQUEST, 'expected {"index": N, "answer": "male"|"female"|"skip"}')
+            body = json.loads(data)
+        except ValueError:  # includes undecodable bytes
+            self._error(HTTPStatus.BAD_REQUEST, expected)
             return
-        if not isinstance(index, int) or not 0 <= index < len(self.review.items):
+        if not isinstance(body, dict) or "index" not in body or "answer" not in body:
+            self._error(HTTPStatus.BAD_REQUEST, expected)
+            return
+        index, answer = body["index"], body["answer"]
+        if type(index) is not int:  # not a bool (an int in Python), float, string or null
+            self._error(HTTPStatus.BAD_REQUEST, f"index must be an integer, got {json.dumps(index)[:40]}")
+            return
+        if not 0 <= index < len(self.review.items):
             self._error(HTTPStatus.NOT_FOUND, f"no queued face {index}")
             return
-        if answer not in ANSWERS:
+        if not isinstance(answer, str) or answer not in ANSWERS:
             self._error(HTTPStatus.BAD_REQUEST, f"answer must be one of {', '.join(ANSWERS)}")
             return
         try:
@@ -199,12 +262,17 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-def make_server(workdir: Path, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """A bound (not yet serving) review server; `server.server_address[1]` is the port (port 0: any free one)."""
+def make_server(workdir: Path, host: str = "127.0.0.1", port: int = 8765,
+                timeout: float = TIMEOUT) -> ThreadingHTTPServer:
+    """A bound (not yet serving) review server; `server.server_address[1]` is the port (port 0: any free one).
+    timeout: seconds any one socket read or write of a request may wait."""
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: not a port number (0-65535; 0 picks a free port)")
     address = loopback_address(host)
     review = ReviewState(workdir)
     server_class = _Server6 if ":" in address else _Server
-    handler = type("ReviewHandler", (_Handler,), {"review": review, "allowed_hosts": frozenset()})
+    handler = type("ReviewHandler", (_Handler,), {"review": review, "allowed_hosts": frozenset(),
+                                                  "timeout": timeout})
     server = server_class((address, port), handler)
     bound = server.server_address[1]
     shown = f"[{address}]" if ":" in address else address
