@@ -13,6 +13,8 @@ setup(
         "agegender_ros": ["samples/*.jpg", "samples/*.md", "weights/*.pt", "weights/*.json"],
         "training": ["annotate_gender/*.html"],
     },
+    # The message definitions where a ROS install keeps them too (`agegender bag` reads them; agegender_ros/bag.py).
+    data_files=[("share/agegender_ros/msg", ["msg/AgeGender.msg", "msg/AgeGenderArray.msg"])],
     # torch: on a Jetson use NVIDIA's wheel (JetPack); elsewhere `pip install torch` (the Makefile pins a CPU build).
     install_requires=["numpy", "opencv-python-headless<5", "torch>=1.10"],
     extras_require={
@@ -21,6 +23,7 @@ setup(
         "blazeface": ["ai-edge-litert"],
         "train": ["tqdm", "tensorboard", "matplotlib", "onnx", "onnxruntime"],
         "test": ["pytest", "rosbags"],
+        "bag": ["rosbags", "tqdm"],  # `agegender bag`
     },
     entry_points={"console_scripts": ["agegender = agegender_ros.cli:main"]},
 )

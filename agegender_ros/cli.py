@@ -16,7 +16,7 @@ log = logging.getLogger("agegender")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
 # Modules that contribute subcommands; a missing optional one (e.g. `training` outside a source install) is skipped.
-COMMAND_MODULES = ("agegender_ros.acceleration", "training.cli", "training.annotate_gender")
+COMMAND_MODULES = ("agegender_ros.acceleration", "agegender_ros.bag", "training.cli", "training.annotate_gender")
 
 
 class CommandError(RuntimeError):

@@ -54,6 +54,7 @@ try:
 except ImportError as _error:  # the generated half of the package is missing
     raise ImportError(f"agegender_ros.msg is not importable ({_error}): build the package with colcon and "
                       "`source install/setup.bash` first") from _error
+from agegender_ros.message_fields import agegender_fields
 from agegender_ros.ros_image import ImageDecodeError, RawImage, decode_compressed, decode_raw, encode_raw
 from agegender_ros.tracking import FaceTracker, TrackIds, untracked
 
@@ -157,30 +158,15 @@ def image_message(raw: RawImage, header: Header | None = None) -> Image:
     return msg
 
 
-def _roi(box, width: int, height: int) -> RegionOfInterest:
-    x1, y1, x2, y2 = (float(v) if math.isfinite(float(v)) else 0.0 for v in box)
-    left = int(min(max(math.floor(x1), 0), width))
-    top = int(min(max(math.floor(y1), 0), height))
-    right = int(min(max(math.ceil(x2), left), width))
-    bottom = int(min(max(math.ceil(y2), top), height))
-    return RegionOfInterest(x_offset=left, y_offset=top, width=right - left, height=bottom - top, do_rectify=False)
-
-
 def faces_to_message(header: Header, faces, width: int, height: int) -> AgeGenderArray:
     """AgeGenderArray for tracked faces (tracking.TrackedFace or anything with the same fields)."""
     out = AgeGenderArray()
     out.header = header
     for face in faces:
-        item = AgeGender()
-        item.roi = _roi(face.box, width, height)
-        item.score = float(face.score)
-        item.age = float(face.age)
-        item.age_std = float(face.age_std)
-        p_male = min(max(float(face.p_male), 0.0), 1.0)
-        item.p_male = p_male
-        item.gender = AgeGender.GENDER_MALE if p_male >= 0.5 else AgeGender.GENDER_FEMALE
-        item.gender_confidence = max(p_male, 1.0 - p_male)
-        item.track_id = int(getattr(face, "track_id", 0))
+        fields = agegender_fields(face, width, height)
+        x, y, w, h = fields.pop("roi")
+        item = AgeGender(**fields)
+        item.roi = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False)
         out.faces.append(item)
     return out
 
