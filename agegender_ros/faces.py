@@ -36,6 +36,34 @@ class DetectorUnavailable(RuntimeError):
     """A detector's runtime or weight file is missing; the message says how to get it."""
 
 
+class ImageReadError(ValueError):
+    """An image file that cannot be used: `path` and `reason` say which and why."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """BGR uint8 image from a file (the one reader of the CLI and the training cache).
+
+    Raises ImageReadError when the file is missing or unreadable, is not an image, or is a JPEG cut short:
+    OpenCV decodes a truncated JPEG without an error, filling the missing part with grey, which would
+    silently become a wrong training face.
+    """
+    try:
+        data = np.fromfile(str(path), np.uint8)
+    except OSError as error:
+        raise ImageReadError(path, f"cannot read ({error.strerror or error})") from error
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ImageReadError(path, "not a readable image (corrupt, truncated or unsupported format)")
+    # Entropy-coded JPEG data never holds the end-of-image marker FF D9, so a whole file has it near its end.
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
+        raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
+    return image
+
+
 @dataclass
 class FaceDetection:
     box: np.ndarray  # (4,) float32 x1, y1, x2, y2 in frame pixels

@@ -38,6 +38,8 @@ AGE_OFFSET = 35.0
 AGE_SCALE = 20.0
 
 HEADS = ("final", "virtual", "low")
+# Centres of the first and last age bin (years) when a model predicts age as a distribution over bins.
+AGE_BINS_RANGE = (0.0, 100.0)
 
 
 class ConvBNAct(nn.Sequential):
@@ -112,8 +114,16 @@ class PaperNet(AgeGenderModel):
 
     heads = HEADS
 
-    def __init__(self, dropout: float = 0.2, ensemble_weights: dict[str, float] | None = None):
+    def __init__(self, dropout: float = 0.2, ensemble_weights: dict[str, float] | None = None, age_bins: int = 0):
         super().__init__(ensemble_weights)
+        # age_bins = 0: each age output is one regressed value. age_bins = K: each age output is the expectation of
+        # a softmax over K age bins (label-distribution learning); still one age per head, so the paper's six
+        # outputs stay, and the trainer also sees each head's bin logits (`<head>_age_logits`).
+        self.age_bins = int(age_bins)
+        age_width = max(1, self.age_bins)
+        if self.age_bins:
+            self.register_buffer("age_bin_centres", torch.linspace(AGE_BINS_RANGE[0], AGE_BINS_RANGE[1], age_bins),
+                                 persistent=False)
         # Three stems that see the face differently: fine detail, wider context, and a dilated view with a 5x5
         # reach at 3x3 cost. All stride 2: the budget of <= 60 MFLOP per face needs early downsampling.
         self.stem_fine = ConvBNAct(3, 16, 3, stride=2)
@@ -130,7 +140,7 @@ class PaperNet(AgeGenderModel):
             ConvBNAct(24, 32, 3, stride=2),  # 4x4
             ConvBNAct(32, 32, 1),
         )
-        self.low_head = nn.Linear(32, 2)
+        self.low_head = nn.Linear(32, age_width + 1)
 
         self.shared = ConvBNAct(stem_channels, 24, 3, stride=2)  # 16x16
         # Gender is the easier task: a shallow branch.
@@ -143,7 +153,7 @@ class PaperNet(AgeGenderModel):
             ConvBNAct(32, 32, 3),
             ConvBNAct(32, 32, 3),
         )
-        self.age_virtual = nn.Linear(32, 1)
+        self.age_virtual = nn.Linear(32, age_width)
 
         # Top: fuse both branches with a few simple convs, dropout and fully connected layers.
         self.top = nn.Sequential(
@@ -155,7 +165,7 @@ class PaperNet(AgeGenderModel):
             nn.Linear(40, 32),
             nn.LeakyReLU(0.1, inplace=True),
             nn.Dropout(dropout / 2),
-            nn.Linear(32, 2),
+            nn.Linear(32, age_width + 1),
         )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -165,14 +175,16 @@ class PaperNet(AgeGenderModel):
         gender_features = self.gender_branch(shared)
         age_features = self.age_branch(shared)
         final = self.top_fc(_pool(self.top(torch.cat([gender_features, age_features], 1))))
-        return {
-            "final_age": self.to_age(final[:, :1]),
-            "final_gender": final[:, 1],
-            "virtual_age": self.to_age(self.age_virtual(_pool(age_features))),
-            "virtual_gender": self.gender_virtual(_pool(gender_features)).squeeze(-1),
-            "low_age": self.to_age(low[:, :1]),
-            "low_gender": low[:, 1],
-        }
+        outputs = {"final_gender": final[:, -1], "low_gender": low[:, -1],
+                   "virtual_gender": self.gender_virtual(_pool(gender_features)).squeeze(-1)}
+        for head, age_raw in (("final", final[:, :-1]), ("virtual", self.age_virtual(_pool(age_features))),
+                              ("low", low[:, :-1])):
+            if self.age_bins:
+                outputs[f"{head}_age"] = (torch.softmax(age_raw, 1) * self.age_bin_centres).sum(1)
+                outputs[f"{head}_age_logits"] = age_raw
+            else:
+                outputs[f"{head}_age"] = self.to_age(age_raw)
+        return outputs
 
 
 # --- registry (one place that maps a name to a constructor; baselines register themselves on import) -------------

@@ -334,6 +334,16 @@ def test_official_and_random_split():
     assert random_split(many, test_fraction=0.2, seed=8) != (train, test)
 
 
+def test_random_split_by_subject_keeps_each_subject_on_one_side():
+    # UTKFace: two crops of one photo (crop_part1 and the aligned set) share a subject and must never be split.
+    records = synthetic_records([2, 1, 3, 2, 1] * 20)
+    train, test = random_split(records, test_fraction=0.2, seed=3, by_subject=True)
+    assert sorted(train + test) == list(range(len(records)))
+    assert not {records[i].subject for i in train} & {records[i].subject for i in test}
+    assert abs(len(test) - 0.2 * len(records)) <= 3
+    assert random_split(records, test_fraction=0.2, seed=3, by_subject=True) == (train, test)
+
+
 # --- the real data in ../shared/data -----------------------------------------------------------------------------
 
 
@@ -364,3 +374,28 @@ def test_real_utkface_crop_part1():
     genders = Counter(record.gender for record in records)
     assert genders[GENDER_MALE] > 1000 and genders[GENDER_FEMALE] > 1000
     assert detect_dataset(shared_dataset("utkface") / "crop_part1") == "utkface"
+
+
+def test_real_fgnet_records_and_leave_one_person_out():
+    records, problems = load_records("fgnet", shared_dataset("fgnet"))
+
+    assert problems == []
+    assert len(records) == 1_002
+    assert len({record.subject for record in records}) == 82
+    assert (min(record.age for record in records), max(record.age for record in records)) == (0, 69)
+    assert {record.gender for record in records} == {GENDER_UNKNOWN}  # FG-NET has no gender labels
+    folds = leave_one_subject_out(records)
+    assert len(folds) == 82
+    tested = Counter(index for _, _, test in folds for index in test)
+    assert sorted(tested) == list(range(1_002)) and set(tested.values()) == {1}  # each photo tested exactly once
+    for subject, train, test in folds:
+        assert {records[i].subject for i in test} == {subject}
+        assert subject not in {records[i].subject for i in train}
+
+
+def test_real_utkface_aligned_subject_split_keeps_photos_together():
+    records, problems = load_records("utkface", shared_dataset("utkface_aligned"))
+    assert abs(len(records) - 18_853) <= 10 and len(problems) <= 10
+    train, test = random_split(records, test_fraction=0.2, seed=0, by_subject=True)
+    assert abs(len(test) / len(records) - 0.2) < 0.01
+    assert not {records[i].subject for i in train} & {records[i].subject for i in test}

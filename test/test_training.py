@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -50,7 +51,7 @@ def test_cache_stores_context_crops_reports_failures_and_keys_on_settings(tmp_pa
     records, _ = load_records("morph2", folder)
     data = cache_module.load_or_build("morph2", str(folder), records, progress=False)
     assert data.crops.shape == (11, 80, 80, 3) and data.crops.dtype == np.uint8
-    assert data.failed == [(str(files[0]), "not a readable image (corrupt or truncated)")]
+    assert data.failed == [(str(files[0]), "not a readable image (corrupt, truncated or unsupported format)")]
     assert data.detected.sum() >= 10
     cached = list(Path(os.environ["AGEGENDER_CACHE"]).glob("**/*.npz"))
     key = cache_module.cache_key("morph2", str(folder), records, "scrfd")
@@ -185,3 +186,100 @@ def test_init_weights_must_match_the_model(tmp_path, morph_folder, random_weight
                        "--out", tmp_path / "run")
     assert result.returncode == 2
     assert "is a 'paper' model, not 'ssrnet'" in result.stderr
+
+
+# --- bad files, recipe options, FG-NET -----------------------------------------------------------------------------
+
+
+def test_truncated_jpeg_is_reported_once_and_skipped_and_the_run_goes_on(tmp_path, morph_folder):
+    folder = tmp_path / "morph"
+    shutil.copytree(morph_folder, folder)
+    files = sorted(folder.iterdir())[:30]
+    for extra in sorted(folder.iterdir())[30:]:
+        extra.unlink()
+    # Cut real JPEGs short: one warning naming each file, and the run goes on without them.
+    whole = files[3].read_bytes()
+    files[3].write_bytes(whole[:-2])
+    files[4].write_bytes(files[4].read_bytes()[: len(files[4].read_bytes()) // 2])
+    result = agegender("train", "--dataset", "morph2", "--root", folder, "--protocol", "kfold5", "--epochs", "1",
+                       "--batch-size", "8", "--no-progress", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    for broken in files[3:5]:
+        warnings = [line for line in result.stderr.splitlines() if str(broken) in line]
+        assert len(warnings) == 1 and "truncated" in warnings[0] and warnings[0].endswith("(skipped)"), warnings
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train_images"] + metrics["val_images"] == 28
+    # The CLI's predict reads with the same reader and names the file.
+    result = agegender("predict", files[3], "--detector", "haar", "--backend", "torch")
+    assert result.returncode == 1  # predict reports each failed input and goes on with the others
+    assert f"{files[3]}: " in result.stderr and "truncated" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reader_catches_a_truncated_jpeg_that_opencv_decodes(tmp_path, monkeypatch):
+    # OpenCV 4.14 refuses a JPEG cut short, but older builds (JetPack's) decode it with a grey lower part.
+    from agegender_ros import faces
+
+    path = tmp_path / "cut.jpg"
+    ok, data = cv2.imencode(".jpg", np.full((32, 32, 3), 128, np.uint8))
+    path.write_bytes(data.tobytes()[:-2])
+    monkeypatch.setattr(faces.cv2, "imdecode", lambda *_: np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(faces.ImageReadError, match="truncated JPEG") as error:
+        faces.read_image(path)
+    assert error.value.path == str(path)
+    path.write_bytes(data.tobytes())
+    assert faces.read_image(path).shape == (32, 32, 3)
+
+
+def test_label_distribution_model_keeps_six_outputs_and_the_parameter_budget():
+    from agegender_ros.model import count_parameters, create_model
+    from training.train import label_distribution_loss
+
+    model = create_model("paper", age_bins=12).eval()
+    assert abs(count_parameters(model) - 99_200) <= 0.02 * 99_200
+    outputs = model(torch.zeros(4, 3, 64, 64))
+    assert sorted(k for k in outputs if not k.endswith("_logits")) == sorted(
+        f"{h}_{t}" for h in ("final", "virtual", "low") for t in ("age", "gender"))
+    assert all(0 <= float(v) <= 100 for v in outputs["final_age"].detach())
+    # The loss is smallest for logits that put the mass around the true age.
+    ages = torch.tensor([5.0, 40.0, 80.0])
+    centres = torch.linspace(0, 100, 12)
+    good = -(centres[None] - ages[:, None]) ** 2 / 50
+    assert label_distribution_loss(good, ages) < label_distribution_loss(good.flip(1), ages)
+    assert label_distribution_loss(good, ages) >= 0
+    config = TrainConfig(age_bins=12)
+    loss, parts = multitask_loss(outputs, torch.full((4,), 30.0), torch.tensor([0, 1, -1, 1]), config)
+    assert "final_age_distribution" in parts and torch.isfinite(loss)
+
+
+def test_camera_augmentation_is_seeded_and_changes_faces():
+    crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 80, 80, 3), dtype=np.uint8))
+    first = augment_batch(crops, torch.Generator().manual_seed(5), True, camera=True)
+    again = augment_batch(crops, torch.Generator().manual_seed(5), True, camera=True)
+    plain = augment_batch(crops, torch.Generator().manual_seed(5), True, camera=False)
+    assert first.shape == (64, 3, 64, 64) and torch.equal(first, again)
+    assert torch.isfinite(first).all() and not torch.equal(first, plain)
+
+
+def test_flip_averaging_is_symmetric(random_weights):
+    from agegender_ros.weights import load_model
+    from training.train import predict_crops
+
+    model, _ = load_model(random_weights)
+    crops = np.random.default_rng(1).integers(0, 256, (6, 80, 80, 3), dtype=np.uint8)
+    age, p_male, _ = predict_crops(model, crops, torch.device("cpu"), flip=True)
+    mirrored_age, mirrored_p, _ = predict_crops(model, np.ascontiguousarray(crops[:, :, ::-1]), torch.device("cpu"),
+                                                flip=True)
+    assert np.allclose(age, mirrored_age, atol=1e-3) and np.allclose(p_male, mirrored_p, atol=1e-4)
+
+
+def test_fgnet_lopo_smoke_run_through_the_cli(tmp_path):
+    root = shared("fgnet")
+    result = agegender("protocol", "--dataset", "fgnet", "--root", root, "--protocol", "lopo", "--max-folds", "2",
+                       "--epochs", "1", "--batch-size", "32", "--no-progress", "--json", "--out", tmp_path / "lopo")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert [fold["fold"] for fold in report["folds"]] == ["subject-001", "subject-002"]
+    photos = [path for path in (root / "images").iterdir() if path.name[:4] in ("001A", "002A")]
+    assert sum(fold["n"] for fold in report["folds"]) == len(photos)
+    assert report["mean"]["mae_pooled"] > 0
+    assert report["wall_s"] > 0 and report["images"] == 1_002

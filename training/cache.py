@@ -87,24 +87,28 @@ def _init_worker(detector_name: str) -> None:
     _worker_detector = faces.create_detector(detector_name, **options)
 
 
+def detect_main_face(image: np.ndarray, detector) -> faces.FaceDetection | None:
+    """The dataset image's main face in image pixels, detected on a padded copy (tight crops leave no margin)."""
+    pad_y, pad_x = int(image.shape[0] * DETECT_PAD), int(image.shape[1] * DETECT_PAD)
+    padded = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT)
+    face = pick_main_face(detector.detect(padded), padded.shape)
+    if face is not None:
+        shift = np.array([pad_x, pad_y], np.float32)
+        face.box = face.box - np.tile(shift, 2)
+        if face.landmarks is not None:
+            face.landmarks = face.landmarks - shift
+    return face
+
+
 def _process(path: str):
     """(crop, detected, None) or (None, False, reason) for one image file."""
     try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as error:
-        return None, False, f"cannot read: {error.strerror or error}"
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        return None, False, "not a readable image (corrupt or truncated)"
-    pad_y, pad_x = int(image.shape[0] * DETECT_PAD), int(image.shape[1] * DETECT_PAD)
-    padded = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT)
-    face = pick_main_face(_worker_detector.detect(padded), padded.shape)
+        image = faces.read_image(path)
+    except faces.ImageReadError as error:
+        return None, False, error.reason
+    face = detect_main_face(image, _worker_detector)
     if face is None:
         return crop_with_context(image, faces.whole_image_detection(image)), False, None
-    shift = np.array([pad_x, pad_y], np.float32)
-    face.box = face.box - np.tile(shift, 2)
-    if face.landmarks is not None:
-        face.landmarks = face.landmarks - shift
     return crop_with_context(image, face), True, None
 
 

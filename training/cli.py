@@ -42,6 +42,11 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss-weights", default=",".join(f"{k}={v}" for k, v in defaults.loss_weights.items()),
                         help="per-head loss weights, e.g. final=1,low=0.5,virtual=0.25")
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--camera-augment", action="store_true", help="also mimic other cameras in augmentation: "
+                        "low resolution, blur, sensor noise, JPEG (helps on faces from unseen cameras)")
+    parser.add_argument("--age-bins", type=int, default=defaults.age_bins,
+                        help="paper net: predict each age as a distribution over this many bins, trained with a "
+                        "label-distribution loss plus L1 (0: plain L1 regression, as the paper)")
     parser.add_argument("--init-weights", default="", help="start from these weights (pretraining + fine-tuning, "
                         "e.g. FG-NET LOPO folds fine-tuned from a model trained on another dataset)")
     parser.add_argument("--seed", type=int, default=0)
@@ -59,7 +64,8 @@ def config_from_args(args):
         raise CommandError(f"--loss-weights: expected head=weight,... got {args.loss_weights!r}") from error
     return TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
-                       seed=args.seed, threads=args.threads, device=args.device, init_weights=args.init_weights)
+                       camera_augment=args.camera_augment, age_bins=args.age_bins, seed=args.seed,
+                       threads=args.threads, device=args.device, init_weights=args.init_weights)
 
 
 def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):
@@ -153,15 +159,26 @@ def cmd_evaluate(args) -> int:
     if name is None:
         raise CommandError(f"{args.root}: cannot tell the dataset layout; pass --dataset")
     data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json)
+    if args.protocol:
+        from .protocols import folds
+
+        try:
+            fold_list = folds(args.protocol, data, seed=args.seed)
+        except ValueError as error:
+            raise CommandError(f"{name}: {error}") from error
+        if not 0 <= args.fold < len(fold_list):
+            raise CommandError(f"--fold {args.fold}: protocol {args.protocol} has {len(fold_list)} folds")
+        data = data.subset(fold_list[args.fold][2])
     try:
         model, card = load_model(args.weights)
     except WeightsError as error:
         raise CommandError(str(error)) from error
-    age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"))
+    age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"), flip=args.flip_tta)
     metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
     out = {"n": metrics["n"], "detected": int(data.detected.sum()), "mae": metrics["mae"],
            "gender_acc": metrics["gender_acc"], "ca3": metrics["ca3"], "ca5": metrics["ca5"],
-           "failed": len(data.failed), "dataset": name}
+           "failed": len(data.failed), "dataset": name, "flip_tta": args.flip_tta,
+           "faces": f"held-out side of {args.protocol} fold {args.fold}" if args.protocol else "all"}
     if args.json:
         print(json.dumps(out))
     else:
@@ -172,10 +189,15 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_protocol(args) -> int:
-    from .metrics import mean_over_folds
+    import time
+
+    from agegender_ros.model import count_parameters, create_model
+
+    from .metrics import mae_by_decade, mean_over_folds
     from .protocols import DEFAULT_PROTOCOL, folds
     from .train import train
 
+    started = time.time()
     config = config_from_args(args)
     if not args.dataset:
         raise CommandError("--dataset is required")
@@ -184,20 +206,29 @@ def cmd_protocol(args) -> int:
     fold_list = folds(protocol, data, seed=args.seed)[: args.max_folds]
     out = Path(args.out)
     per_fold = []
-    all_errors = []
+    true_ages, errors = [], []
     for fold_name, train_index, test_index in fold_list:
-        result = train(config, data.subset(train_index), data.subset(test_index), out / fold_name,
-                       resume=args.resume, card={"training_data": f"{args.dataset}:{protocol}:{fold_name}"},
-                       progress=not args.no_progress)
+        try:
+            result = train(config, data.subset(train_index), data.subset(test_index), out / fold_name,
+                           resume=args.resume, card={"training_data": f"{args.dataset}:{protocol}:{fold_name}"},
+                           progress=not args.no_progress)
+        except ValueError as error:
+            raise CommandError(f"{fold_name}: {error}") from error
         metrics = {k: v for k, v in result["metrics"].items() if k != "mae_by_decade"}
         per_fold.append({"fold": fold_name, **metrics})
         with np.load(out / fold_name / "predictions.npz") as predictions:
-            all_errors.append(np.abs(predictions["age_pred"] - predictions["age_true"]))
+            true_ages.append(predictions["age_true"])
+            errors.append(np.abs(predictions["age_pred"] - predictions["age_true"]))
     summary = mean_over_folds(per_fold)
     # LOPO folds hold a handful of images each: the literature pools the errors over all of them.
-    summary["mae_pooled"] = float(np.concatenate(all_errors).mean()) if all_errors else None
-    report = {"dataset": args.dataset, "protocol": protocol, "model": args.model, "mean": summary,
-              "folds": per_fold}
+    if errors:
+        all_true, all_errors = np.concatenate(true_ages), np.concatenate(errors)
+        summary["mae_pooled"] = float(all_errors.mean())
+        summary["mae_by_decade"] = mae_by_decade(all_true, all_true + all_errors)
+    report = {"dataset": args.dataset, "protocol": protocol, "model": args.model,
+              "params": count_parameters(create_model(args.model, **config.model_args())),
+              "init_weights": config.init_weights or None, "epochs": config.epochs, "images": len(data),
+              "wall_s": round(time.time() - started, 1), "mean": summary, "folds": per_fold}
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report) if args.json else json.dumps(summary, indent=2))
@@ -213,6 +244,8 @@ def cmd_report(args) -> int:
 
 
 def add_commands(sub) -> None:
+    from .protocols import PROTOCOLS
+
     p = sub.add_parser("train", help="train a model on one or more datasets (one fold of a protocol)")
     _dataset_args(p, repeatable=True)
     _train_args(p)
@@ -224,6 +257,11 @@ def add_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="MAE, gender accuracy, CA(3), CA(5) over every labelled image of a folder")
     _dataset_args(p, repeatable=False)
     p.add_argument("--weights", help="default: the package's weights")
+    p.add_argument("--flip-tta", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="score only the held-out faces of this protocol's fold (e.g. official: AAF "
+                   "val; random80: the UTKFace fifth that `train` holds out), not every labelled image")
+    p.add_argument("--fold", type=int, default=0, help="with --protocol: which fold (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="with --protocol: the split's seed (as in train)")
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.set_defaults(func=cmd_evaluate)
 

@@ -627,12 +627,26 @@ def official_split(
 
 
 def random_split(
-    records: Sequence[Record], test_fraction: float = 0.2, seed: int = 0
+    records: Sequence[Record], test_fraction: float = 0.2, seed: int = 0, by_subject: bool = False
 ) -> tuple[list[int], list[int]]:
-    """Seeded image-level (train_idx, test_idx), e.g. UTKFace's 80/20."""
+    """Seeded (train_idx, test_idx), e.g. UTKFace's 80/20. by_subject keeps every subject (for UTKFace: every
+    photo, whichever crops of it are loaded) on one side, taking shuffled subjects into the test side until it
+    holds the wanted fraction of images."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
+    rng = random.Random(seed)
     test_count = round(len(records) * test_fraction)
-    return sorted(order[test_count:]), sorted(order[:test_count])
+    if not by_subject:
+        order = list(range(len(records)))
+        rng.shuffle(order)
+        return sorted(order[test_count:]), sorted(order[:test_count])
+    groups = _indices_by_subject(records)
+    subjects = sorted(groups)
+    rng.shuffle(subjects)
+    test: list[int] = []
+    for subject in subjects:
+        if len(test) >= test_count:
+            break
+        test.extend(groups[subject])
+    held_out = set(test)
+    return [i for i in range(len(records)) if i not in held_out], sorted(test)

@@ -1,7 +1,7 @@
 """Evaluation protocols: which images train and which test, per fold.
 
   official        the dataset's own split (AAF train/val, MegaAge-Asian train/test)
-  random80        seeded 80/20 image split (UTKFace, which has no official one)
+  random80        seeded 80/20 subject-exclusive split (UTKFace, which has no official one: one photo = one subject)
   kfold5          the paper's MORPH-II protocol: 5 random image-level folds, mean over folds
   kfold5-subject  5 subject-exclusive folds (no person in both train and test) - what careful work reports
   lopo            FG-NET leave-one-person-out: one fold per subject, MAE pooled over all images
@@ -33,7 +33,7 @@ def folds(protocol: str, data: PreprocessedSet, seed: int = 0) -> list[tuple[str
             raise ValueError("this dataset has no official train/test split; use random80 or kfold5")
         return [("official", train, test)]
     if protocol == "random80":
-        train, test = random_split(records, test_fraction=0.2, seed=seed)
+        train, test = random_split(records, test_fraction=0.2, seed=seed, by_subject=True)
         return [("random80", train, test)]
     if protocol in ("kfold5", "kfold5-subject"):
         return [(f"fold{i}", train, test) for i, (train, test) in

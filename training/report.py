@@ -13,7 +13,8 @@ PAPER_ROWS = {
     "morph2": [("CMT", "5M", 2.91, 99.2, "5-fold"), ("Compact CNN", "56.9M", 3.23, 98.8, "2-fold"),
                ("SSR-Net", "40.9K", 3.16, None, "5-fold"), ("Paper (ours in the paper)", "99.2K", 2.88, 99.34,
                                                              "5-fold")],
-    "fgnet": [("CMT", "5M", 3.43, None, "LOPO"), ("Paper", "99.2K", 3.41, None, "LOPO")],
+    "fgnet": [("CMT", "5M", 3.43, None, "LOPO"), ("DEX (IMDB-WIKI pretraining)", "138M", 4.63, None, "LOPO"),
+              ("MV (IMDB-WIKI pretraining)", "138M", 4.10, None, "LOPO"), ("Paper", "99.2K", 3.41, None, "LOPO")],
     "megaage_asian": [("MobileNet-V1", "226.3K", 0.440, 0.606), ("DenseNet", "242K", 0.517, 0.694),
                       ("SSR-Net", "40.9K", 0.549, 0.741), ("Paper", "99.2K", 0.585, 0.788)],
 }
@@ -24,11 +25,13 @@ def _load_run(run: Path) -> dict:
     if (run / "protocol.json").is_file():
         report = json.loads((run / "protocol.json").read_text())
         mean = report["mean"]
+        init = report.get("init_weights")
         return {"run": run.name, "dataset": report["dataset"], "protocol": report["protocol"],
                 "model": report["model"], "mae": mean.get("mae_pooled") or mean.get("mae"),
                 "gender_acc": mean.get("gender_acc"), "ca3": mean.get("ca3"), "ca5": mean.get("ca5"),
-                "n": mean.get("n"), "folds": mean.get("folds"),
-                "predictions": sorted(run.glob("*/predictions.npz"))}
+                "n": mean.get("n"), "folds": mean.get("folds"), "params": report.get("params"),
+                "start": f"fine-tuned from {Path(init).name}" if init else "scratch",
+                "wall_s": report.get("wall_s"), "predictions": sorted(run.glob("*/predictions.npz"))}
     if (run / "metrics.json").is_file():
         result = json.loads((run / "metrics.json").read_text())
         metrics = result["metrics"]
@@ -36,7 +39,8 @@ def _load_run(run: Path) -> dict:
         return {"run": run.name, "dataset": card.get("training_data", ""), "protocol": "single split",
                 "model": result["config"]["model"], "mae": metrics.get("mae"), "gender_acc": metrics.get("gender_acc"),
                 "ca3": metrics.get("ca3"), "ca5": metrics.get("ca5"), "n": metrics.get("n"), "folds": 1,
-                "params": card.get("params"), "predictions": [run / "predictions.npz"]}
+                "params": card.get("params"), "start": "fine-tuned" if result["config"].get("init_weights")
+                else "scratch", "wall_s": None, "predictions": [run / "predictions.npz"]}
     raise FileNotFoundError(f"{run}: neither protocol.json nor metrics.json (is it a run folder?)")
 
 
@@ -53,16 +57,19 @@ def _load_predictions(paths: list[Path]) -> dict[str, np.ndarray]:
 
 def write_report(runs: list[Path], out: Path | None = None) -> str:
     rows = [_load_run(r) for r in runs]
-    lines = ["| Run | Model | Params | Data / protocol | Test faces | MAE | Gender acc (%) | CA(3) | CA(5) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| Run | Model | Params | Data / protocol | Start | Test faces | MAE | Gender acc (%) | CA(3) | CA(5) "
+             "| Wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     from agegender_ros.model import count_parameters, create_model
 
     for row in rows:
         params = row.get("params") or count_parameters(create_model(row["model"]))
         accuracy = None if row["gender_acc"] is None else 100 * row["gender_acc"]
+        wall = "-" if not row.get("wall_s") else f"{row['wall_s'] / 60:.0f} min"
         lines.append(f"| {row['run']} | {row['model']} | {params / 1000:.1f}K | {row['dataset']} {row['protocol']} | "
-                     f"{row['n']} | {_fmt(row['mae'], '{:.2f}')} | {_fmt(accuracy, '{:.2f}')} | "
-                     f"{_fmt(row['ca3'])} | {_fmt(row['ca5'])} |")
+                     f"{row['start']} | {row['n']} | {_fmt(row['mae'], '{:.2f}')} | {_fmt(accuracy, '{:.2f}')} | "
+                     f"{_fmt(row['ca3'])} | {_fmt(row['ca5'])} | {wall} |")
+    lines += _decade_table(rows)
     datasets = {row["dataset"] for row in rows}
     for dataset, paper_rows in PAPER_ROWS.items():
         if dataset in datasets:
@@ -74,6 +81,27 @@ def write_report(runs: list[Path], out: Path | None = None) -> str:
         (out / "report.md").write_text(markdown)
         _plots(rows, out)
     return markdown
+
+
+def _decade_table(rows: list[dict]) -> list[str]:
+    """MAE per decade of true age, one column per run (pooled over all of a protocol's test faces)."""
+    per_run = []
+    for row in rows:
+        p = _load_predictions(row["predictions"])
+        if p:
+            decades = (p["age_true"] // 10).astype(int)
+            errors = np.abs(p["age_pred"] - p["age_true"])
+            per_run.append((row["run"], {int(d): (float(errors[decades == d].mean()), int((decades == d).sum()))
+                                         for d in np.unique(decades)}))
+    if not per_run:
+        return []
+    decades = sorted({d for _, table in per_run for d in table})
+    lines = ["", "MAE by decade of true age (faces):", "",
+             "| Ages | " + " | ".join(name for name, _ in per_run) + " |", "|---|" + "---|" * len(per_run)]
+    for d in decades:
+        cells = [f"{t[d][0]:.2f} ({t[d][1]})" if d in t else "-" for _, t in per_run]
+        lines.append(f"| {d * 10}-{d * 10 + 9} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plots(rows: list[dict], out: Path) -> None:

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agegender_ros.model import HEADS, AgeGenderModel, create_model, normalise_crops_tensor
+from agegender_ros.model import (AGE_BINS_RANGE, HEADS, MEAN_RGB, STD_RGB, AgeGenderModel, create_model,
+                                  normalise_crops_tensor)
 from agegender_ros.weights import load_model, save_weights
 
 from .cache import CONTEXT, PreprocessedSet
@@ -48,10 +49,21 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     grayscale_p: float = 0.1  # some greyscale faces: cameras, mugshots and IR frames are often colourless
+    camera_augment: bool = False  # also mimic other cameras: low resolution, blur, sensor noise, JPEG
+    age_bins: int = 0  # paper net only: 0 = regress each age (L1); K = label distribution over K bins (+ L1)
+    age_sigma: float = 0.0  # label distribution width in years (0: the bin spacing)
+    label_distribution_weight: float = 1.0  # weight of the distribution loss next to each head's age L1
     threads: int = 0  # CPU threads (0: torch default)
     device: str = "auto"
     amp: bool = True  # on CUDA only
     init_weights: str = ""  # start from these weights (e.g. FG-NET LOPO: pretrain elsewhere, fine-tune per fold)
+
+    def model_args(self) -> dict:
+        """Constructor arguments recorded in the model card, so `load_model` rebuilds the same network."""
+        if self.age_bins and self.model != "paper":
+            raise ValueError(f"age bins (label-distribution learning) are an option of the paper net, not of "
+                             f"{self.model!r}")
+        return {"age_bins": self.age_bins} if self.age_bins else {}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -59,7 +71,7 @@ class TrainConfig:
 
 
 def augment_batch(crops: torch.Tensor, generator: torch.Generator | None, enabled: bool,
-                  grayscale_p: float = 0.1) -> torch.Tensor:
+                  grayscale_p: float = 0.1, camera: bool = False) -> torch.Tensor:
     """uint8 N x 80 x 80 x 3 BGR crops -> normalised N x 3 x 64 x 64 float input, randomly augmented if enabled."""
     n, device = crops.shape[0], crops.device
     x = normalise_crops_tensor(crops)
@@ -93,7 +105,62 @@ def augment_batch(crops: torch.Tensor, generator: torch.Generator | None, enable
         to_grey = (torch.rand(n, 1, 1, 1, generator=generator) < grayscale_p).to(device)
         saturation = torch.where(to_grey, torch.zeros_like(saturation), saturation)
         x = grey + (x - grey) * saturation
+        if camera:
+            x = camera_degrade(x, generator)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def _chosen(n: int, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.nonzero(torch.rand(n, generator=generator) < p).flatten()
+
+
+def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
+    offsets = torch.arange(-2, 3, dtype=torch.float32, device=device)
+    kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    kernel = torch.outer(kernel, kernel) / kernel.sum() ** 2
+    return kernel.expand(3, 1, 5, 5)
+
+
+def camera_degrade(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """What other cameras do to a face, each to a random part of the batch: a small sensor or a distant face
+    (downsample, then upsample back), defocus (Gaussian blur), sensor noise, and JPEG compression."""
+    n, device = x.shape[0], x.device
+    x = x.clone()
+    low_res = _chosen(n, 0.25, generator).to(device)
+    if len(low_res):
+        side = int(torch.randint(14, 41, (1,), generator=generator))
+        small = F.interpolate(x[low_res], size=(side, side), mode="area")
+        x[low_res] = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    blurred = _chosen(n, 0.2, generator).to(device)
+    if len(blurred):
+        sigma = float(torch.rand(1, generator=generator)) * 1.0 + 0.6
+        padded = F.pad(x[blurred], (2, 2, 2, 2), mode="reflect")
+        x[blurred] = F.conv2d(padded, _gaussian_kernel(sigma, device), groups=3)
+    noisy = _chosen(n, 0.2, generator).to(device)
+    if len(noisy):
+        # Pixel noise of 1-6% of the range, in normalised units (the channels' std is about 0.226).
+        level = (torch.rand(len(noisy), 1, 1, 1, generator=generator) * 0.05 + 0.01).to(device) / 0.226
+        x[noisy] = x[noisy] + torch.randn(x[noisy].shape, generator=generator).to(device) * level
+    compressed = _chosen(n, 0.25, generator)
+    if len(compressed):
+        qualities = torch.randint(20, 76, (len(compressed),), generator=generator).tolist()
+        x[compressed.to(device)] = _jpeg(x[compressed.to(device)], qualities)
+    return x
+
+
+def _jpeg(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
+    """JPEG round trip (OpenCV, on the CPU) of normalised RGB images at the given qualities."""
+    import cv2
+
+    mean = torch.tensor(MEAN_RGB, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD_RGB, device=x.device).view(1, 3, 1, 1)
+    pixels = ((x * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).flip(-1).cpu().numpy()
+    out = []
+    for image, quality in zip(pixels, qualities):
+        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        out.append(cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else image)
+    decoded = torch.from_numpy(np.stack(out)).to(x.device).flip(-1).permute(0, 3, 1, 2).float() / 255.0
+    return (decoded - mean) / std
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -110,6 +177,10 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
         weight = float(config.loss_weights.get(head, 0.0))
         if f"{head}_age" in outputs:
             loss = F.l1_loss(outputs[f"{head}_age"], ages) * config.age_loss_scale
+            if f"{head}_age_logits" in outputs:
+                distribution = label_distribution_loss(outputs[f"{head}_age_logits"], ages, config.age_sigma)
+                parts[f"{head}_age_distribution"] = float(distribution.detach())
+                loss = loss + config.label_distribution_weight * distribution
             total = total + weight * loss
             parts[f"{head}_age"] = float(loss.detach())
         if f"{head}_gender" in outputs and known.any():
@@ -119,27 +190,44 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     return total, parts
 
 
+def label_distribution_loss(logits: torch.Tensor, ages: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
+    """KL divergence from a Gaussian label distribution around each true age (over the model's age bins) to the
+    predicted one (DLDL): neighbouring ages share evidence, which suits noisy, apparent-age labels."""
+    bins = logits.shape[1]
+    centres = torch.linspace(AGE_BINS_RANGE[0], AGE_BINS_RANGE[1], bins, device=logits.device)
+    sigma = sigma or float(centres[1] - centres[0])
+    target = torch.softmax(-(centres[None, :] - ages[:, None]) ** 2 / (2 * sigma ** 2), 1)
+    return F.kl_div(torch.log_softmax(logits, 1), target, reduction="batchmean")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # evaluation
 
 
 @torch.no_grad()
-def predict_crops(model: AgeGenderModel, crops: np.ndarray, device: torch.device, batch_size: int = 512):
-    """Ensembled (age, P(male), age spread) for stored crops, without augmentation."""
+def predict_crops(model: AgeGenderModel, crops: np.ndarray, device: torch.device, batch_size: int = 512,
+                  flip: bool = False):
+    """Ensembled (age, P(male), age spread) for stored crops, without augmentation; flip: also the mirrored
+    crops, averaged (test-time augmentation)."""
     model.eval()
     ages, probs, spreads = [], [], []
     for start in range(0, len(crops), batch_size):
         batch = torch.from_numpy(crops[start:start + batch_size]).to(device)
-        age, p_male, spread = model.predict(augment_batch(batch, None, enabled=False))
+        x = augment_batch(batch, None, enabled=False)
+        age, p_male, spread = model.predict(x)
+        if flip:
+            mirrored = model.predict(x.flip(3))
+            age, p_male, spread = (age + mirrored[0]) / 2, (p_male + mirrored[1]) / 2, (spread + mirrored[2]) / 2
         ages.append(age.float().cpu()), probs.append(p_male.float().cpu()), spreads.append(spread.float().cpu())
     if not ages:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     return torch.cat(ages).numpy(), torch.cat(probs).numpy(), torch.cat(spreads).numpy()
 
 
-def evaluate(model: AgeGenderModel, data: PreprocessedSet, device: torch.device) -> tuple[dict, dict]:
-    """(metrics, predictions) of the model on a preprocessed set."""
-    age, p_male, spread = predict_crops(model, data.crops, device)
+def evaluate(model: AgeGenderModel, data: PreprocessedSet, device: torch.device,
+             flip: bool = False) -> tuple[dict, dict]:
+    """(metrics, predictions) of the model on a preprocessed set (flip: with flip test-time averaging)."""
+    age, p_male, spread = predict_crops(model, data.crops, device, flip=flip)
     metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
     metrics["detected"] = int(data.detected.sum())
     return metrics, {"age_true": data.ages, "age_pred": age, "gender_true": data.genders, "p_male": p_male,
@@ -202,12 +290,15 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     seed_everything(config.seed)
-    model = create_model(config.model)
+    model = create_model(config.model, **config.model_args())
     if config.init_weights:
-        pretrained, card = load_model(config.init_weights)
-        if card["architecture"] != config.model:
-            raise ValueError(f"--init-weights {config.init_weights} is a {card['architecture']!r} model, "
-                             f"not {config.model!r}")
+        pretrained, pretrained_card = load_model(config.init_weights)
+        if pretrained_card["architecture"] != config.model:
+            raise ValueError(f"--init-weights {config.init_weights} is a {pretrained_card['architecture']!r} "
+                             f"model, not {config.model!r}")
+        if pretrained_card.get("model_args", {}) != config.model_args():
+            raise ValueError(f"--init-weights {config.init_weights} was built with {pretrained_card['model_args']}, "
+                             f"this run with {config.model_args()} (e.g. pass the same --age-bins)")
         model.load_state_dict(pretrained.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     if len(train_set) == 0:
@@ -266,7 +357,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             steps = tqdm(steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False)
         for step in steps:
             index = permutation[step * config.batch_size:(step + 1) * config.batch_size]
-            x = augment_batch(crops[index], generator, config.augment, config.grayscale_p)
+            x = augment_batch(crops[index], generator, config.augment, config.grayscale_p, config.camera_augment)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = train_model(x)
             loss, parts = multitask_loss({k: v.float() for k, v in outputs.items()}, ages[index], genders[index],
@@ -310,8 +401,11 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         np.savez(run_dir / "predictions.npz", **predictions)
     result = {"config": asdict(config), "metrics": metrics, "history": history,
               "train_images": len(train_set), "val_images": len(val_set)}
+    if len(val_set):
+        result["metrics_flip_tta"] = {k: v for k, v in evaluate(model, val_set, device, flip=True)[0].items()
+                                      if k != "mae_by_decade"}
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    model_card = {"architecture": config.model, "model_args": {},
+    model_card = {"architecture": config.model, "model_args": config.model_args(),
                   "metrics": {k: v for k, v in metrics.items() if k != "mae_by_decade"}, **(card or {})}
     save_weights(model.cpu().eval(), run_dir / "model.pt", model_card)
     return result

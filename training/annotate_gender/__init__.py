@@ -132,11 +132,8 @@ def _face_boxes(paths, detected, indices, detector_name: str, threads: int = 0, 
     """{index: [x1, y1, x2, y2] or None} for the given images: the face the preprocessing cache cropped (same
     detector, padding and choice of the main face), for the review page to outline; None where the cache found
     no face (the whole image was judged). None overall when the detector cannot be made (no boxes are stored)."""
-    import cv2
-    import numpy as np
-
     from agegender_ros import faces
-    from training.cache import DETECT_PAD, pick_main_face
+    from training.cache import detect_main_face
 
     try:
         detector = faces.create_detector(detector_name, **({"threads": threads} if threads and detector_name in
@@ -155,18 +152,13 @@ def _face_boxes(paths, detected, indices, detector_name: str, threads: int = 0, 
         if not detected[i]:
             continue
         try:
-            data = np.fromfile(str(paths[i]), np.uint8)
-        except OSError:
+            image = faces.read_image(paths[i])
+        except faces.ImageReadError:
             continue
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        if image is None:
-            continue
-        h, w = image.shape[:2]
-        pad_y, pad_x = int(h * DETECT_PAD), int(w * DETECT_PAD)
-        padded = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT)
-        face = pick_main_face(detector.detect(padded), padded.shape)
+        face = detect_main_face(image, detector)
         if face is not None:
-            x1, y1, x2, y2 = (float(v) for v in face.box - np.array([pad_x, pad_y, pad_x, pad_y], np.float32))
+            h, w = image.shape[:2]
+            x1, y1, x2, y2 = (float(v) for v in face.box)
             boxes[i] = [max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)]
     return boxes
 
