@@ -25,16 +25,12 @@ class CommandError(RuntimeError):
 
 def read_image(path: Path) -> np.ndarray:
     """BGR uint8 image; raises CommandError naming the file when it is missing, unreadable or not an image."""
-    import cv2
+    from .faces import ImageReadError, read_image as read
 
     try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as error:
-        raise CommandError(f"{path}: cannot read ({error.strerror or error})") from error
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise CommandError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
-    return image
+        return read(path)
+    except ImageReadError as error:
+        raise CommandError(str(error)) from error
 
 
 def add_estimator_options(parser: argparse.ArgumentParser) -> None:
