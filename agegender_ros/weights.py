@@ -67,6 +67,13 @@ def save_weights(model: AgeGenderModel, path: str | os.PathLike, card: dict[str,
     return full_card
 
 
+def update_card(weights_path: str | os.PathLike, fields: dict[str, Any]) -> dict[str, Any]:
+    """Add or replace card fields (e.g. metrics measured after training); the weights and their sha256 stay."""
+    card = {**read_card(weights_path), **fields}
+    card_path(weights_path).write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
 def read_card(weights_path: str | os.PathLike) -> dict[str, Any]:
     path = card_path(weights_path)
     if not path.is_file():

@@ -283,3 +283,19 @@ def test_fgnet_lopo_smoke_run_through_the_cli(tmp_path):
     assert sum(fold["n"] for fold in report["folds"]) == len(photos)
     assert report["mean"]["mae_pooled"] > 0
     assert report["wall_s"] > 0 and report["images"] == 1_002
+
+
+def test_train_scores_unseen_datasets_into_metrics_and_model_card(tmp_path, morph_folder):
+    result = agegender("train", "--dataset", "morph2", "--root", morph_folder, "--protocol", "kfold5", "--epochs", "1",
+                       "--batch-size", "16", "--no-progress", "--unseen", f"morph2={morph_folder}",
+                       "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["metrics_unseen"]["morph2"]["n"] == 240
+    assert card["recipe"]["epochs"] == 1 and "morph2" in card["licence"]
+    from agegender_ros.weights import load_model
+
+    load_model(tmp_path / "run" / "model.pt")  # the updated card still matches the weights
+    result = agegender("train", "--dataset", "morph2", "--root", morph_folder, "--unseen", "nonsense",
+                       "--out", tmp_path / "bad")
+    assert result.returncode == 2 and "--unseen 'nonsense'" in result.stderr

@@ -97,7 +97,10 @@ def _pairs(args) -> list[tuple[str, str]]:
 
 
 def cmd_train(args) -> int:
+    from dataclasses import asdict
+
     from .cache import concatenate
+    from .datasets import DATASETS
     from .protocols import DEFAULT_PROTOCOL, folds
     from .train import train
 
@@ -116,33 +119,47 @@ def cmd_train(args) -> int:
         train_parts.append(data.subset(train_index))
         val_parts.append(data.subset(test_index))
         names.append(f"{name}:{protocol}:{fold_name}")
+    unseen = []
+    for item in args.unseen or []:
+        name, _, root = item.partition("=")
+        if name not in DATASETS or not root:
+            raise CommandError(f"--unseen {item!r}: expected DATASET=ROOT with DATASET one of {', '.join(DATASETS)}")
+        unseen.append((name, root))
     card = {"training_data": " + ".join(f"{n} ({len(t)} train / {len(v)} held out)"
                                         for n, t, v in zip(names, train_parts, val_parts)),
             "licence": "Research use only: trained on datasets released for non-commercial research "
-                       "(AAF, UTKFace); do not use commercially.",
-            "detector_for_crops": args.detector}
-    from agegender_ros.weights import WeightsError
+                       f"({', '.join(name for name, _ in _pairs(args))}); do not use commercially.",
+            "detector_for_crops": args.detector,
+            "recipe": {k: v for k, v in asdict(config).items() if k not in ("threads", "device", "amp")}}
+    from agegender_ros.weights import WeightsError, load_model, update_card
 
     try:
         result = train(config, concatenate(train_parts), concatenate(val_parts), args.out, resume=args.resume,
                        card=card, progress=not args.no_progress)
     except (WeightsError, ValueError) as error:
         raise CommandError(str(error)) from error
-    if result and len(val_parts) > 1:
+    if not result:  # not rank 0 of a multi-process run
+        return 0
+    from .train import evaluate, pick_device
+
+    weights = Path(args.out) / "model.pt"
+    model, _ = load_model(weights)
+    device = pick_device("cpu")
+
+    def scores(data) -> dict:
+        return {k: v for k, v in evaluate(model, data, device)[0].items() if k != "mae_by_decade"}
+
+    if len(val_parts) > 1:
         # Each dataset's held-out part on its own, so a combined run can be compared with single-dataset ones.
-        from agegender_ros.weights import load_model
-
-        from .train import evaluate, pick_device
-
-        model, _ = load_model(Path(args.out) / "model.pt")
-        device = pick_device("cpu")
-        result["per_dataset"] = {n: {k: v for k, v in evaluate(model, part, device)[0].items()
-                                     if k != "mae_by_decade"} for n, part in zip(names, val_parts)}
-        (Path(args.out) / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    if result:
-        summary = {k: result["metrics"].get(k) for k in ("n", "mae", "gender_acc", "ca3", "ca5")}
-        print(json.dumps({"run": str(args.out), **summary, **({"per_dataset": result["per_dataset"]}
-                                                              if "per_dataset" in result else {})}))
+        result["per_dataset"] = {n: scores(part) for n, part in zip(names, val_parts)}
+    # Datasets never trained on (e.g. all of FG-NET): the cross-dataset yardstick.
+    result["unseen"] = {name: scores(load_dataset(name, root, args.detector, None, not args.no_progress))
+                        for name, root in unseen}
+    (Path(args.out) / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    update_card(weights, {"metrics_per_dataset": result.get("per_dataset", {}), "metrics_unseen": result["unseen"]})
+    summary = {k: result["metrics"].get(k) for k in ("n", "mae", "gender_acc", "ca3", "ca5")}
+    print(json.dumps({"run": str(args.out), **summary,
+                      **{k: result[k] for k in ("per_dataset", "unseen") if result.get(k)}}))
     return 0
 
 
@@ -250,6 +267,9 @@ def add_commands(sub) -> None:
     _dataset_args(p, repeatable=True)
     _train_args(p)
     p.add_argument("--fold", type=int, default=0, help="which fold of the protocol to train (default 0)")
+    p.add_argument("--unseen", action="append", metavar="DATASET=ROOT",
+                   help="also score the trained model on all of a dataset it never saw, e.g. fgnet=FGNET "
+                   "(repeatable; results go to metrics.json and the model card)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, TensorBoard logs, model.pt + card")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.set_defaults(func=cmd_train)
