@@ -142,14 +142,16 @@ def require_tensorrt():
 
 class ForwardOutputs(torch.nn.Module):
     """The model with `forward` returning its outputs as a tuple in a fixed (sorted) order, the form torch2trt marks
-    as engine outputs; `output_names` gives that order."""
+    as engine outputs; `output_names` gives that order. Only the outputs the ensemble reads become engine outputs
+    (not, e.g., the age-bin logits that only the training loss needs)."""
 
     def __init__(self, model: AgeGenderModel):
         super().__init__()
         self.model = model.eval()
         with torch.no_grad():
             example = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=next(model.parameters()).device)
-            self.output_names = tuple(sorted(model(example)))
+            wanted = {f"{head}_{task}" for head in model.heads for task in ("age", "gender")}
+            self.output_names = tuple(sorted(name for name in model(example) if name in wanted))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outputs = self.model(x)

@@ -167,6 +167,28 @@ def test_onnxruntime_matches_torch_on_dataset_faces(parity_weights, dataset_face
     _assert_onnx_parity(torch_backend, onnx_backend, dataset_faces)
 
 
+def test_label_distribution_model_exports_and_engine_outputs_only_what_the_ensemble_reads(sample_faces, tmp_path):
+    from agegender_ros.tensorrt_backend import ForwardOutputs
+
+    torch.manual_seed(0)
+    model = create_model("paper", age_bins=12)
+    for module in model.modules():  # BatchNorm statistics from these faces, so that faces get different ages
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        model.train()(torch.from_numpy(sample_faces))
+        for head in (model.top_fc[-1], model.low_head, model.age_virtual):
+            head.weight.mul_(20)  # a random head gives near-uniform bin probabilities: the same age for all
+    model.eval()
+    path = tmp_path / "bins.pt"
+    save_weights(model, path, {"architecture": "paper", "model_args": {"age_bins": 12}, "training_data": "none"})
+    torch_backend, onnx_backend = _torch_and_onnx(path, tmp_path)
+    _assert_onnx_parity(torch_backend, onnx_backend, sample_faces)
+    assert ForwardOutputs(model).output_names == tuple(sorted(f"{h}_{t}" for h in ("final", "virtual", "low")
+                                                              for t in ("age", "gender")))
+
+
 def test_export_onnx_via_cli_has_a_dynamic_batch_axis(weights, sample_faces, tmp_path, capsys):
     import onnx
 
