@@ -23,7 +23,7 @@ setup(
         "blazeface": ["ai-edge-litert"],
         "train": ["tqdm", "tensorboard", "matplotlib", "onnx", "onnxruntime"],
         "test": ["pytest", "rosbags"],
-        "bag": ["rosbags", "tqdm"],  # `agegender bag`
+        "bag": ["rosbags", "mcap", "tqdm"],  # `agegender bag`
     },
     entry_points={"console_scripts": ["agegender = agegender_ros.cli:main"]},
 )

@@ -1,6 +1,7 @@
 """agegender_ros: the paper's ~99k-parameter multi-task age/gender CNN, a face pipeline and a ROS 2 node.
 
-Everything in this package except `agegender_ros.node` is ROS-free.
+Everything in this package except `agegender_ros.node` and `agegender_ros.ros_session` (they import rclpy) is
+ROS-free.
 """
 # After `colcon build`, rosidl installs the generated `agegender_ros.msg` into the install space while the
 # rest of the package may be imported from a source checkout or a pip install: let Python look in every

@@ -19,14 +19,13 @@ Damaged input: a malformed image message (bad CDR, size, encoding, corrupt JPEG)
 AgeGenderArray, and is counted and reported; processing goes on. A corrupt or truncated bag ends the run with a
 message naming the file and the problem and exit status 1, after OUT has been closed with everything read
 before the damage. A truncated MCAP file (a recorder that was killed: no summary, no footer) is read record
-by record up to the damage. An image the estimator fails on is reported and the run goes on, but ends with
-exit status 1.
+by record up to the damage with the `mcap` library. An image the estimator fails on is reported and the run
+goes on, but ends with exit status 1.
 """
 from __future__ import annotations
 
-import mmap
+import io
 import os
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ AGEGENDER = "agegender_ros/msg/AgeGender"
 DETECTIONS_SUFFIX = "/agegender"
 EXIT_DAMAGED = 1
 STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
-MCAP_MAGIC = b"\x89MCAP0\r\n"
 SHOWN_WARNINGS = 10  # malformed images reported one by one; the rest only counted
 
 
@@ -233,178 +231,116 @@ class RosbagsSource:
 
 def _damage_text(path: Path, error: BaseException) -> str:
     text = (str(error) or type(error).__name__).rstrip(".")
-    if type(error).__name__ not in ("ReaderError", "BagDamaged"):
+    if not isinstance(error, BagDamaged) and type(error).__name__ != "ReaderError":
         text = f"{type(error).__name__}: {text}"
     return f"{path}: {text}"
 
 
+class _Truncated(BagDamaged):
+    """The end of an MCAP file cuts a record off, or comes before the footer."""
+
+
+class _WholeReads:
+    """A file for mcap's StreamReader whose read(n) returns n bytes or raises _Truncated: StreamReader would take
+    the short read at the end of a truncated file for a whole record."""
+
+    def __init__(self, f):
+        self._f = f
+        self._size = f.seek(0, io.SEEK_END)
+        f.seek(0)
+
+    def read(self, n: int) -> bytes:
+        if self._f.tell() + n > self._size:
+            raise _Truncated(f"truncated: the data ends at byte {self._size}, inside a record or before the footer")
+        return self._f.read(n)
+
+
+def _cut_chunk_records(rest: bytes):
+    """The records of `rest` when it is an uncompressed chunk that the end of the file cuts off: the whole ones,
+    then _Truncated."""
+    from mcap.data_stream import ReadDataStream
+    from mcap.opcode import Opcode
+    from mcap.records import Chunk
+    from mcap.stream_reader import StreamReader
+
+    stream = ReadDataStream(io.BytesIO(rest))  # mcap's own reads: the chunk's data comes back short
+    if stream.read1() != Opcode.CHUNK:
+        return []
+    stream.read8()  # the record's length
+    chunk = Chunk.read(stream)
+    return [] if chunk.compression else StreamReader(_WholeReads(io.BytesIO(chunk.data)), skip_magic=True).records
+
+
 class McapSalvage:
-    """Reads a damaged MCAP file record by record from its start, up to the damage (a truncated file from a
-    recorder that was killed has no summary and no footer; rosbags refuses it). Uncompressed, zstd and lz4
-    chunks are read; messages in a cut-off or corrupt chunk are lost."""
+    """Reads damaged MCAP files record by record from their start with mcap's StreamReader, up to the damage (a
+    truncated file from a recorder that was killed has no summary and no footer; rosbags refuses it). Messages
+    in a corrupt or cut-off chunk are lost, except the whole ones at the start of a cut-off uncompressed chunk."""
 
     def __init__(self, files: list):
         self.files = files
-        self.connections: list = []  # grows while scanning
+        self.connections: list = []  # grows while reading
         self.total = None
-        self.damage: str | None = None  # what stopped the scan
-        self._schemas: dict = {}
+        self.damage: str | None = None  # what stopped the reading
 
     def messages(self) -> Iterator[tuple]:
-        offset = 0
-        for path in self.files:
-            channels: dict = {}
+        for number, path in enumerate(self.files):
             try:
-                with open(path, "rb") as f:  # mapped, not read: a bag can be larger than the memory
-                    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size \
-                        else b""
-            except (OSError, ValueError) as error:
-                self.damage = f"{path}: cannot read ({getattr(error, 'strerror', None) or error})"
+                with open(path, "rb") as f:
+                    yield from self._file(f, number << 16)  # the channel ids of two files do not collide
+            except Exception as error:  # OSError, BagDamaged, mcap's errors, a corrupt zstd or lz4 chunk
+                self.damage = _damage_text(path, error)
                 return
+
+    def _file(self, f, id_offset: int) -> Iterator[tuple]:
+        from mcap.stream_reader import StreamReader
+
+        self._schemas: dict = {}
+        self._channels: dict = {}
+        self._id_offset = id_offset
+        end = 0  # where the last whole top-level record ends
+        try:
+            for record in StreamReader(_WholeReads(f), validate_crcs=True).records:
+                end = f.tell()
+                yield from self._record(record)
+        except _Truncated as error:  # the cut-off record: an uncompressed chunk still holds whole records
+            f.seek(end)
             try:
-                if data[:8] != MCAP_MAGIC:
-                    raise BagDamaged("empty file" if not len(data) else "not an MCAP file (bad magic)")
-                yield from self._records(memoryview(data)[8:], channels, offset, top=True)
-            except BagDamaged as error:
-                self.damage = f"{path}: {error}"
-                return
-            offset += 1 << 16  # channel ids of the next file do not collide
+                for record in _cut_chunk_records(f.read()):
+                    yield from self._record(record)
+            except Exception:  # a cut-off chunk header, or the cut-off record in the chunk
+                pass
+            raise error
 
-    def _records(self, buf: memoryview, channels: dict, id_offset: int, top: bool) -> Iterator[tuple]:
-        pos, end = 0, len(buf)
-        while pos < end:
-            opcode = buf[pos]
-            if pos + 9 > end:
-                raise BagDamaged(f"truncated: the data ends inside a record header at byte {pos + 8}")
-            (length,) = struct.unpack_from("<Q", buf, pos + 1)
-            body_start = pos + 9
-            if body_start + length > end:
-                if length > (1 << 40):
-                    raise BagDamaged(f"corrupt: the record at byte {pos + 8} claims {length} bytes")
-                if top and opcode == 0x06:
-                    # A cut-off chunk: an uncompressed one still holds whole records.
-                    yield from self._partial_chunk(buf[body_start:], channels, id_offset)
-                raise BagDamaged(f"truncated: the data ends inside a record of {length} bytes at byte {pos + 8}"
-                                 f" ({end - body_start} bytes of it present)")
-            body = buf[body_start:body_start + length]
-            at, pos = pos, body_start + length
-            if opcode == 0x02:  # footer
-                return
-            try:
-                if opcode == 0x03:
-                    self._schema(body)
-                elif opcode == 0x04:
-                    self._channel(body, channels, id_offset)
-                elif opcode == 0x05:
-                    cid, _seq, log_time, _pub = struct.unpack_from("<HIQQ", body, 0)
-                    message = (channels.get(cid), log_time, bytes(body[22:]))
-            except (struct.error, IndexError, ValueError) as error:
-                raise BagDamaged(f"corrupt record (opcode 0x{opcode:02x}) at byte {at + 8}: {error}") from error
-            if opcode == 0x05:
-                if message[0] is None:
-                    raise BagDamaged(f"a message at byte {at + 8} is on channel {cid}, which was never defined")
-                yield message
-            elif opcode == 0x06 and top:
-                yield from self._records(self._chunk_records(body), channels, id_offset, top=False)
+    def _record(self, record) -> Iterator[tuple]:
+        from mcap.records import Channel, Message, Schema
 
-    def _partial_chunk(self, body: memoryview, channels: dict, id_offset: int) -> Iterator[tuple]:
+        if isinstance(record, Schema):
+            self._schemas[record.id] = record
+        elif isinstance(record, Channel) and record.id not in self._channels:
+            self._channels[record.id] = self._connection(record, self._schemas.get(record.schema_id))
+        elif isinstance(record, Message):
+            if record.channel_id not in self._channels:
+                raise BagDamaged(f"a message is on channel {record.channel_id}, which was never defined")
+            yield self._channels[record.channel_id], record.log_time, record.data
+
+    def _connection(self, channel, schema) -> Conn:
+        from rosbags.rosbag2.metadata import parse_qos
+
         try:
-            compression, records_at = _chunk_header(body)
-        except (struct.error, ValueError, IndexError):
-            return
-        if compression:
-            return
-        try:
-            yield from self._records(body[records_at:], channels, id_offset, top=False)
-        except BagDamaged:
-            return
-
-    def _chunk_records(self, body: memoryview) -> memoryview:
-        try:
-            compression, records_at = _chunk_header(body)
-            (uncompressed_size,) = struct.unpack_from("<Q", body, 16)
-            (size,) = struct.unpack_from("<Q", body, records_at - 8)
-            records = body[records_at:records_at + size]
-        except (struct.error, ValueError, IndexError) as error:
-            raise BagDamaged(f"corrupt chunk header ({error})") from error
-        if not compression:
-            return records
-        try:
-            if compression == "zstd":
-                return memoryview(_zstd_decompress(bytes(records), uncompressed_size))
-            if compression == "lz4":
-                import lz4.frame
-
-                return memoryview(lz4.frame.decompress(bytes(records)))
-        except ImportError as error:
-            raise BagDamaged(f"{compression} chunk, but {error.name} is not installed") from error
-        except Exception as error:
-            raise BagDamaged(f"corrupt {compression} chunk ({error})") from error
-        raise BagDamaged(f"unknown chunk compression {compression!r}")
-
-    def _schema(self, body: memoryview) -> None:
-        (sid,) = struct.unpack_from("<H", body, 0)
-        name, pos = _string(body, 2)
-        encoding, pos = _string(body, pos)
-        (size,) = struct.unpack_from("<I", body, pos)
-        text = bytes(body[pos + 4:pos + 4 + size]).decode("utf-8", "replace")
-        self._schemas[sid] = (name, {"ros2msg": "msg", "ros2idl": "idl"}.get(encoding, ""), text)
-
-    def _channel(self, body: memoryview, channels: dict, id_offset: int) -> None:
-        cid, sid = struct.unpack_from("<HH", body, 0)
-        topic, pos = _string(body, 4)
-        encoding, pos = _string(body, pos)
-        metadata = {}
-        (size,) = struct.unpack_from("<I", body, pos)
-        pos, stop = pos + 4, pos + 4 + size
-        while pos < stop:
-            key, pos = _string(body, pos)
-            value, pos = _string(body, pos)
-            metadata[key] = value
-        name, fmt, text = self._schemas.get(sid, ("", "", ""))
-        if cid in channels:
-            return
-        qos = []
-        try:
-            from rosbags.rosbag2.storage_mcap import get_qos
-
-            qos = list(get_qos(metadata.get("offered_qos_profiles", "").encode()) or [])
-        except Exception:
-            pass
-        conn = Conn(id_offset + cid, topic, name, fmt, text, "", encoding or "cdr", qos)
-        channels[cid] = conn
+            qos = list(parse_qos(channel.metadata.get("offered_qos_profiles", "")))
+        except Exception:  # QoS profiles rosbags cannot parse: written without
+            qos = []
+        name, fmt, text = "", "", ""
+        if schema is not None:
+            name, text = schema.name, schema.data.decode("utf-8", "replace")
+            fmt = {"ros2msg": "msg", "ros2idl": "idl"}.get(schema.encoding, "")
+        conn = Conn(self._id_offset + channel.id, channel.topic, name, fmt, text, "", channel.message_encoding or "cdr",
+                    qos)
         self.connections.append(conn)
+        return conn
 
     def close(self) -> None:
         pass
-
-
-def _zstd_decompress(data: bytes, size: int) -> bytes:
-    """zstd with what is installed: Python 3.14's compression.zstd, backports.zstd (what rosbags uses), or
-    zstandard."""
-    try:
-        from compression import zstd  # Python 3.14+
-    except ImportError:
-        try:
-            from backports import zstd
-        except ImportError:
-            zstd = None
-    if zstd is not None:
-        return zstd.decompress(data)
-    import zstandard
-
-    return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
-
-
-def _string(buf: memoryview, pos: int) -> tuple:
-    (size,) = struct.unpack_from("<I", buf, pos)
-    return bytes(buf[pos + 4:pos + 4 + size]).decode("utf-8", "replace"), pos + 4 + size
-
-
-def _chunk_header(body: memoryview) -> tuple:
-    """(compression, offset of the records) of a chunk record's body."""
-    compression, pos = _string(body, 28)  # start, end, uncompressed size (u64 x 3), crc (u32)
-    return compression, pos + 8
 
 
 def open_source(path: Path, warn) -> Any:
@@ -418,6 +354,10 @@ def open_source(path: Path, warn) -> Any:
         files = _mcap_files(path)
         if not files:
             raise BagDamaged(reason) from error
+        try:
+            import mcap  # noqa: F401
+        except ImportError:
+            raise BagDamaged(f"{reason} (pip install mcap to read a truncated MCAP file up to the damage)") from error
         warn(f"warning: {reason}: reading the MCAP data record by record up to the damage")
         return McapSalvage(files)
 
@@ -476,7 +416,7 @@ class BagProcessor:
                     + ([f"not an Image/CompressedImage topic: {', '.join(wrong)}"] if wrong else []))
                     + f" (image topics in the bag: {', '.join(images) or 'none'})")
         if not isinstance(source, McapSalvage) and not any(self._selected(c) for c in source.connections):
-            raise CommandError(f"no sensor_msgs/Image or sensor_msgs/CompressedImage topic in the bag (topics: "
+            raise CommandError("no sensor_msgs/Image or sensor_msgs/CompressedImage topic in the bag (topics: "
                                + ", ".join(sorted({c.topic for c in source.connections})) + ")")
         params = {name: PARAMETERS_BY_NAME[name].default for name in
                   ("track_iou_threshold", "smoothing", "track_max_missed")}

@@ -7,7 +7,8 @@ private network namespace that scripts/netns_run.sh provides), publishes each ph
 once as sensor_msgs/Image, prints every AgeGenderArray arriving on /agegender/detections the way
 `ros2 topic echo` prints it, writes the annotated frames from /agegender/debug_image to --out, and exits.
 
-This module is ROS-free glue: everything that touches rclpy lives in agegender_ros.node (imported lazily).
+This module is ROS-free glue: what touches rclpy lives in agegender_ros.ros_session and agegender_ros.node
+(imported lazily).
 """
 from __future__ import annotations
 

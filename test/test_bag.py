@@ -229,6 +229,7 @@ def _many_frames(frame, n: int) -> list:
 @pytest.mark.parametrize("zstd", [False, True], ids=["plain", "zstd"])
 def test_truncated_mcap_writes_what_it_could(tmp_path, astronaut, random_weights, capsys, zstd):
     """A recorder killed mid-write: no summary, no footer, the last chunk cut off."""
+    pytest.importorskip("mcap", reason="mcap is not installed (pip install mcap)")
     source, out = tmp_path / "in", tmp_path / "out"
     rng = np.random.default_rng(0)  # noise around the face: zstd cannot shrink a chunk to nothing
     frame = astronaut.copy()
@@ -245,6 +246,21 @@ def test_truncated_mcap_writes_what_it_could(tmp_path, astronaut, random_weights
     assert 2 <= len(images) < 8
     _check_detections(images, result[RAW + "/agegender"])
     assert [m.data for _, _, m, _ in result[CHATTER]] == ["start"]
+
+
+def test_truncated_mcap_keeps_the_whole_messages_of_a_cut_off_uncompressed_chunk(tmp_path):
+    """The file ends inside message m30 of an uncompressed chunk: m0..m29 are read, the cut-off one is not."""
+    pytest.importorskip("mcap", reason="mcap is not installed (pip install mcap)")
+    source = tmp_path / "in"
+    write_bag(source, [(CHATTER, "std_msgs/msg/String", T0 + i, _string(f"m{i}")) for i in range(50)], "mcap")
+    (mcap,) = source.glob("*.mcap")  # one chunk holds every message
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[: data.index(b"m30") + 1])
+    salvage = bag_module.McapSalvage([mcap])
+    texts = [STORE.deserialize_cdr(raw, conn.msgtype).data for conn, _, raw in salvage.messages()]
+    assert texts == [f"m{i}" for i in range(30)]
+    assert [(c.topic, c.msgtype) for c in salvage.connections] == [(CHATTER, "std_msgs/msg/String")]
+    assert salvage.damage.startswith(f"{mcap}: truncated"), salvage.damage
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
