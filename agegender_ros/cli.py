@@ -39,6 +39,8 @@ def add_estimator_options(parser: argparse.ArgumentParser) -> None:
                         help="face detector (auto: scrfd -> blazeface -> haar, first available)")
     parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
                         help="network backend (auto: tensorrt -> onnxruntime -> torch, first available)")
+    parser.add_argument("--flip-tta", action="store_true",
+                        help="also run each face mirrored and average (test-time augmentation; twice the network time)")
 
 
 def build_estimator(args):
@@ -48,7 +50,8 @@ def build_estimator(args):
     from .weights import WeightsError
 
     try:
-        return Estimator.create(weights=args.weights, detector=args.detector, backend=args.backend)
+        return Estimator.create(weights=args.weights, detector=args.detector, backend=args.backend,
+                                flip_tta=getattr(args, "flip_tta", False))
     except (WeightsError, DetectorUnavailable, BackendUnavailable) as error:
         raise CommandError(str(error)) from error
 

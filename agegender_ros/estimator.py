@@ -41,11 +41,14 @@ class FaceEstimate:
 
 
 class Estimator:
-    def __init__(self, detector: FaceDetector, backend: Backend, max_faces: int = 32, min_face_size: float = 0.0):
+    def __init__(self, detector: FaceDetector, backend: Backend, max_faces: int = 32, min_face_size: float = 0.0,
+                 flip_tta: bool = False):
         self.detector = detector
         self.backend = backend
         self.max_faces = max_faces
         self.min_face_size = min_face_size
+        # Also run each face's mirror image and average the two (test-time augmentation): twice the network time.
+        self.flip_tta = flip_tta
 
     @classmethod
     def create(cls, weights: str | None = None, detector: str = "auto", backend: str = "auto",
@@ -65,7 +68,12 @@ class Estimator:
         return self.estimate_crops(np.stack([align_crop(frame_bgr, d) for d in detections]), detections)
 
     def estimate_crops(self, crops_bgr: np.ndarray, detections) -> list[FaceEstimate]:
-        ages, p_male, age_std = self.backend(normalise_crops(crops_bgr))
+        if self.flip_tta:
+            both = self.backend(normalise_crops(np.concatenate([crops_bgr, crops_bgr[:, :, ::-1]])))
+            n = len(crops_bgr)
+            ages, p_male, age_std = ((values[:n] + values[n:]) / 2 for values in both)
+        else:
+            ages, p_male, age_std = self.backend(normalise_crops(crops_bgr))
         return [FaceEstimate(tuple(float(v) for v in d.box), float(d.score), float(a), float(s), float(p),
                              d.landmarks) for d, a, p, s in zip(detections, ages, p_male, age_std)]
 

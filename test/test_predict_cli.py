@@ -110,3 +110,23 @@ def test_missing_default_weights_explain_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("AGEGENDER_WEIGHTS", str(tmp_path / "none.pt"))
     with pytest.raises(WeightsError, match="make weights"):
         load_model()
+
+
+def test_flip_tta_averages_a_face_with_its_mirror_image(random_weights):
+    import numpy as np
+
+    from agegender_ros.backends import TorchBackend
+    from agegender_ros.estimator import Estimator
+    from agegender_ros.faces import FaceDetection
+
+    crops = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    boxes = [FaceDetection(np.array([0, 0, 64, 64], np.float32), 0.9) for _ in crops]
+    model, _ = load_model(random_weights)
+    plain = Estimator(None, TorchBackend(model))
+    flipped = Estimator(None, TorchBackend(model), flip_tta=True)
+    faces = flipped.estimate_crops(crops, boxes)
+    mirrored = flipped.estimate_crops(np.ascontiguousarray(crops[:, :, ::-1]), boxes)
+    for a, b, one, other in zip(faces, mirrored, plain.estimate_crops(crops, boxes),
+                                plain.estimate_crops(np.ascontiguousarray(crops[:, :, ::-1]), boxes)):
+        assert abs(a.age - b.age) < 1e-3 and abs(a.p_male - b.p_male) < 1e-5
+        assert abs(a.age - (one.age + other.age) / 2) < 1e-3
