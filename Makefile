@@ -23,20 +23,26 @@ $(STAMP): requirements.txt setup.py scripts/ros_setup.sh
 
 venv: $(STAMP)
 
-# colcon build of the ament_cmake package (messages + Python package + node executable) into install/.
+# colcon build of the ament_cmake package (messages + Python package + node executable) into install/, on top
+# of the ROS 2 tools (ros2 launch / topic / param, launch_testing, vision_msgs) that scripts/ros_underlay.sh
+# builds from ../shared/ros2 once (reused until those sources change; nothing when the folder is absent).
 build: $(STAMP)
-	set +u; source $(VENV)/ros_env.sh; set -u; \
+	underlay="$$(bash scripts/ros_underlay.sh $(VENV) | tail -n 1)"; \
+	set +u; source $(VENV)/ros_env.sh; if [[ -n "$$underlay" ]]; then source "$$underlay"; fi; set -u; \
 	colcon build --base-paths . --build-base build --install-base install \
 	  --cmake-args -DPython3_EXECUTABLE=$(abspath $(PY)) -DBUILD_TESTING=ON
 
-# The main job on the bundled sample photos: the real ROS 2 node in a private network namespace.
+# The main job on the bundled sample photos, in a private network namespace: the real
+# `ros2 launch agegender_ros nano.launch.py` and `ros2 topic echo /agegender/detections` (README), with the
+# shell set up by the same line README gives users (source scripts/ros_shell.sh).
 demo: build
-	set +u; source $(VENV)/ros_env.sh; source install/setup.bash; set -u; \
+	export AGEGENDER_VENV=$(VENV); source scripts/ros_shell.sh; \
 	scripts/netns_run.sh timeout -s KILL 300 python -m agegender_ros.demo --out demo_out
 
-# colcon build + colcon test (the pytest suite through ament_cmake_pytest), DDS confined to loopback.
+# colcon build + colcon test (the pytest suite through ament_cmake_pytest, and the launch tests in test/launch/
+# through add_launch_test), DDS confined to loopback.
 test: $(STAMP)
-	bash scripts/ros_build_test.sh
+	AGEGENDER_VENV=$(VENV) bash scripts/ros_build_test.sh
 
 # Train the shipped default weights (paper net on AAF train + 80% of UTKFace) and install them in the package.
 weights: $(STAMP)

@@ -4,9 +4,11 @@
   choices. `agegender_ros.node` declares them from this table (descriptions and ranges show up in
   `ros2 param describe`), and `validate_parameters` checks a full set of values at start-up, so a bad params
   file gives one clear error listing every problem.
-* `LAUNCH_ARGUMENTS` and `plan_launch(values, share_dir)`: what `launch/nano.launch.py` declares and how the
-  argument strings turn into the node's parameters (params file + overrides) and an optional camera driver
-  node. The launch file itself only wraps the result in launch_ros actions.
+* `LAUNCH_ARGUMENTS` and `plan_launch(values, share_dir, environ)`: what `launch/nano.launch.py` declares and
+  how the argument strings turn into the node's parameters (params file + overrides), an optional camera
+  driver node and the DDS transport set-up of the processes it starts (`transport_environment`: Fast DDS's
+  shared-memory profile for full-size raw frames). The launch file itself only wraps the result in launch
+  actions; `node_exit_problem` is what it reports when the node stops with an error.
 
 Nothing here imports ROS, NumPy, OpenCV or torch. Runs on Python 3.8 (JetPack 4.6 containers).
 """
@@ -247,6 +249,11 @@ LAUNCH_ARGUMENTS = (
     LaunchArgument("namespace", "", "Namespace of the nodes."),
     LaunchArgument("log_level", "info", "Log level of the age/gender node: debug | info | warn | error.",
                    ("debug", "info", "warn", "error", "fatal")),
+    LaunchArgument("dds_profile", "auto", "DDS transport of the processes this launch starts: auto = the "
+                   "package's Fast DDS profile (config/fastdds_large_shm.xml: shared memory with room for full "
+                   "640x480 frames, UDP kept for everyone else) when the RMW is Fast DDS and "
+                   "FASTRTPS_DEFAULT_PROFILES_FILE / FASTDDS_DEFAULT_PROFILES_FILE are not set; none = leave DDS "
+                   "as it is; or the path of your own Fast DDS profile XML."),
 )
 LAUNCH_DEFAULTS = {a.name: a.default for a in LAUNCH_ARGUMENTS}
 
@@ -271,6 +278,64 @@ class NodeLaunch:
 class LaunchPlan:
     node: NodeLaunch
     camera: NodeLaunch | None
+    environment: dict = field(default_factory=dict)  # variables to set for the processes this launch starts
+
+
+# Fast DDS, the default RMW of Humble, Jazzy and Kilted. A 640x480 bgr8 frame (921,600 bytes) does not fit its
+# default shared-memory segment, so between two processes it crosses loopback as UDP fragments, and under CPU
+# load about half of a 30 Hz stream was lost before the node (docs/results.md). The profile below gives each
+# participant a 16 MB shared-memory segment and keeps UDPv4, so processes without the profile (a user's
+# `ros2 topic echo`, another machine) still discover and talk to the node.
+DDS_PROFILE_FILE = "fastdds_large_shm.xml"  # in config/ (share/agegender_ros/config/ once installed)
+FAST_DDS_RMWS = ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp")
+# Fast DDS 2.x (Humble, Jazzy) reads the first, 3.x (Kilted) the second.
+DDS_PROFILE_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
+
+
+def uses_fast_dds(environ: Mapping[str, str]) -> bool:
+    """Whether ROS 2 processes started with this environment use Fast DDS (RMW_IMPLEMENTATION unset = the
+    distribution's default, Fast DDS on Humble..Kilted)."""
+    return environ.get("RMW_IMPLEMENTATION", "").strip() in ("",) + FAST_DDS_RMWS
+
+
+def transport_environment(choice: str, environ: Mapping[str, str], share_dir: str) -> dict:
+    """Environment variables that give the launched processes the transport `choice` asks for.
+
+    'auto': the package's shared-memory profile, but only where it applies and the user has not chosen: the RMW
+    is Fast DDS and neither profile variable is set (a profile of the user's own is never replaced).
+    'none': nothing. Anything else: the path of a Fast DDS profile XML, set for both Fast DDS versions.
+    """
+    choice = choice.strip()
+    if choice in ("none", ""):
+        return {}
+    if choice == "auto":
+        if not uses_fast_dds(environ) or any(environ.get(name, "").strip() for name in DDS_PROFILE_VARIABLES):
+            return {}
+        path = os.path.join(share_dir, "config", DDS_PROFILE_FILE)
+    else:
+        path = os.path.abspath(os.path.expanduser(choice))
+        if not uses_fast_dds(environ):
+            raise ParameterError([f"launch argument dds_profile: {choice!r} is a Fast DDS profile, but "
+                                  f"RMW_IMPLEMENTATION is {environ.get('RMW_IMPLEMENTATION')!r} (use "
+                                  "dds_profile:=none, or that RMW's own configuration)"])
+    if not os.path.isfile(path):
+        raise ParameterError([f"launch argument dds_profile: {path!r} does not exist"])
+    return {name: path for name in DDS_PROFILE_VARIABLES}
+
+
+def node_exit_problem(name: str, returncode: int | None) -> str | None:
+    """What the launch reports when the age/gender node stops by itself with an error (None: no error)."""
+    if returncode is None or returncode == 0:
+        return None
+    if returncode == 2:  # node.EXIT_BAD_PARAMETERS
+        reason = "invalid parameters, listed in its error above"
+    elif returncode == 1:  # node.EXIT_STARTUP_FAILED, or an uncaught exception
+        reason = "it could not start or failed; its error is above"
+    elif returncode < 0:
+        reason = f"killed by signal {-returncode}"
+    else:
+        reason = "see its output above"
+    return f"{name} exited with status {returncode} ({reason}); stopping the launch"
 
 
 def parse_list(value: str) -> list[str]:
@@ -337,8 +402,9 @@ def _positive_int(name: str, value: str) -> int:
     return number
 
 
-def plan_launch(values: Mapping[str, str], share_dir: str) -> LaunchPlan:
-    """Launch argument strings -> the age/gender node (+ camera node). Raises ParameterError when one is bad.
+def plan_launch(values: Mapping[str, str], share_dir: str, environ: Mapping[str, str] | None = None) -> LaunchPlan:
+    """Launch argument strings -> the age/gender node (+ camera node) and the environment variables to set for
+    them (`environ`: the launch's environment, default os.environ). Raises ParameterError when one is bad.
 
     Only arguments that are set (non-empty) override the params file; empty lists are never passed (rcl's
     YAML parser rejects empty arrays).
@@ -386,4 +452,6 @@ def plan_launch(values: Mapping[str, str], share_dir: str) -> LaunchPlan:
                            _positive_int("camera_width", args["camera_width"]),
                            _positive_int("camera_height", args["camera_height"]),
                            _positive_int("camera_fps", args["camera_fps"]), topic, args["namespace"])
-    return LaunchPlan(node, camera)
+    environment = transport_environment(args["dds_profile"], os.environ if environ is None else environ,
+                                        share_dir)
+    return LaunchPlan(node, camera, environment)

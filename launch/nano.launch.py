@@ -7,16 +7,29 @@
     ros2 launch agegender_ros nano.launch.py params_file:=/path/to/my.yaml
 
 `ros2 launch agegender_ros nano.launch.py --show-args` lists every argument. All logic (defaults, checks, how
-arguments become node parameters, the camera drivers) lives in the ROS-free module agegender_ros.launch_args,
-which the tests cover; this file only wraps its result in launch actions.
+arguments become node parameters, the camera drivers, the DDS transport) lives in the ROS-free module
+agegender_ros.launch_args, which the tests cover; this file only wraps its result in launch actions:
+
+* the node (and camera) in a scoped group that first sets the transport's environment variables for them
+  (dds_profile:=auto: Fast DDS's shared-memory profile for full-size raw frames; nothing outside the group sees
+  them);
+* the node is required: when it stops by itself with an error (e.g. invalid parameters, exit status 2), the
+  launch stops and exits with a non-zero status, after the node's own error message.
 """
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, RegisterEventHandler, \
+    SetEnvironmentVariable
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from agegender_ros.launch_args import LAUNCH_ARGUMENTS, plan_launch
+from agegender_ros.launch_args import LAUNCH_ARGUMENTS, node_exit_problem, plan_launch
+
+
+class NodeFailed(RuntimeError):
+    """Raised in the launch when the age/gender node exits with an error: `ros2 launch` then logs
+    'Caught exception in launch ...: <message>' and exits with status 1."""
 
 
 def _node_action(spec, output="screen"):
@@ -24,13 +37,27 @@ def _node_action(spec, output="screen"):
                 parameters=spec.parameters, remappings=spec.remappings, arguments=spec.arguments, output=output)
 
 
+def _exit_handler(node_name):
+    def on_exit(event, context):
+        if context.is_shutdown:  # stopped by the launch (Ctrl-C, end of a test): not an error of the node
+            return None
+        problem = node_exit_problem(node_name, event.returncode)
+        if problem:
+            raise NodeFailed(problem)
+        return None
+
+    return on_exit
+
+
 def _launch_setup(context, *args, **kwargs):
     values = {a.name: LaunchConfiguration(a.name).perform(context) for a in LAUNCH_ARGUMENTS}
-    plan = plan_launch(values, get_package_share_directory("agegender_ros"))
-    actions = [_node_action(plan.node)]
+    plan = plan_launch(values, get_package_share_directory("agegender_ros"), dict(context.environment))
+    node = _node_action(plan.node)
+    actions = [SetEnvironmentVariable(name, value) for name, value in sorted(plan.environment.items())]
     if plan.camera is not None:
-        actions.insert(0, _node_action(plan.camera))
-    return actions
+        actions.append(_node_action(plan.camera))
+    actions += [RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_exit_handler(plan.node.name))), node]
+    return [GroupAction(actions, scoped=True, forwarding=True)]
 
 
 def generate_launch_description():

@@ -2,20 +2,33 @@
 """End-to-end benchmark of agegender_node over real ROS 2 (not a test).
 
     scripts/netns_run.sh .venv/bin/python scripts/bench_node.py            (after colcon build + sourcing)
-    scripts/netns_run.sh .venv/bin/python scripts/bench_node.py --json bench.json --seconds 10
+    scripts/netns_run.sh .venv/bin/python scripts/bench_node.py --via launch --faces 1 --rates 30 --seconds 30
+    scripts/netns_run.sh .venv/bin/python scripts/bench_node.py --via launch --soak 600 --json soak.json
 
-The node runs as its own process (`python -m agegender_ros.node`), as on a robot. This process publishes
-640x480 bgr8 sensor_msgs/Image frames with 1 and with 5 faces at a fixed input rate, stamped with the time of
-publishing, and receives the AgeGenderArray replies. Reported per scene and input rate:
+The node runs as its own process, as on a robot: started with the real `ros2 launch agegender_ros
+nano.launch.py` (--via launch, the default where `ros2` is installed) or as `python -m agegender_ros.node`
+(--via process). This process publishes 640x480 bgr8 sensor_msgs/Image frames with 1 and with 5 faces at a fixed
+input rate, stamped with the time of publishing, and receives the AgeGenderArray replies. Reported per scene
+and input rate:
   * output frames/s: AgeGenderArray messages received per second (sustained, over --seconds);
   * latency p50 / p99: image stamp -> detections received here (the publish itself is a few hundred us earlier);
   * answered: the fraction of input frames processed (the node drops stale frames instead of queueing them).
 An input rate above what the node can do measures its capacity; 30 Hz is a typical camera.
 
-DDS transport (--transport): `default` is Fast DDS as installed; `large-shm` gives both processes a Fast DDS
-profile with a 16 MB shared-memory segment (the XML below). A 640x480 bgr8 frame (921,600 bytes) does not fit
-Fast DDS's default shared-memory segment, so by default it travels as ~15 UDP fragments through loopback, and
-under CPU load fragments (hence whole best-effort frames) are lost before the node sees them.
+--soak S: instead, S seconds of one scene (--faces, first --rates) without pause, reported per minute:
+output frames/s, answered, latency p50 / p99, the node's resident memory (VmRSS), and whether it is still alive.
+
+Node parameters: SCRFD at --input-size, --threads, no rate cap, no debug image, no vision_msgs, no diagnostics
+(with --via launch: a params file with these values, `params_file:=`, `image_topics:=/bench/image_raw`).
+
+DDS transport of this (publishing) process, --transport: `large-shm` = the package's Fast DDS profile
+(config/fastdds_large_shm.xml: 16 MB shared-memory segment + UDP), i.e. what nano.launch.py gives the processes
+it starts, as a camera driver started by the launch file would have it; `default` = Fast DDS as installed, as a
+publisher outside the launch without the profile. The node gets: with --via launch, what the launch file sets
+(--dds-profile, default auto = the same profile); with --via process, the same as this process. A 640x480 bgr8
+frame (921,600 bytes) does not fit Fast DDS's default shared-memory segment, so without the profile it travels
+as ~15 UDP fragments through loopback, and under CPU load fragments (hence whole best-effort frames) are lost
+before the node sees them.
 
 Runs inside a private network namespace (re-executes itself through scripts/netns_run.sh when needed) and
 uses its own DDS domain. Weights: --weights, else the package's default, else fixed random-init weights (speed
@@ -27,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,32 +49,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-# Fast DDS profile: shared memory with a 16 MB segment (room for several raw HD frames) + UDP for the rest.
-LARGE_SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
-<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
-  <transport_descriptors>
-    <transport_descriptor>
-      <transport_id>shm_large_segment</transport_id>
-      <type>SHM</type>
-      <segment_size>16777216</segment_size>
-    </transport_descriptor>
-    <transport_descriptor>
-      <transport_id>udp</transport_id>
-      <type>UDPv4</type>
-    </transport_descriptor>
-  </transport_descriptors>
-  <participant profile_name="agegender_large_shm" is_default_profile="true">
-    <rtps>
-      <userTransports>
-        <transport_id>shm_large_segment</transport_id>
-        <transport_id>udp</transport_id>
-      </userTransports>
-      <useBuiltinTransports>false</useBuiltinTransports>
-    </rtps>
-  </participant>
-</profiles>
-"""
+PROFILE = REPO / "config" / "fastdds_large_shm.xml"  # the file nano.launch.py sets (installed copy: the same)
+PROFILE_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
 
 
 def _scene(n_faces: int):
@@ -87,18 +77,120 @@ def _percentile(values, q):
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _node_parameters(args, weights: str) -> dict:
+    return {"weights": weights, "backend": args.backend, "detector": args.detector,
+            "detector_input_size": args.input_size, "num_threads": args.threads, "max_rate_hz": 0.0,
+            "diagnostics_period_s": 0.0, "publish_vision_msgs": False, "publish_debug_image": False,
+            "image_topics": ["/bench/image_raw"], "detections_topic": "/bench/detections"}
+
+
+def _node_command(args, weights: str, workdir: Path) -> tuple:
+    """(command, description) starting the node the way --via asks."""
+    params = _node_parameters(args, weights)
+    if args.via == "launch":
+        params_file = workdir / "bench_params.yaml"
+        params_file.write_text("/**:\n  ros__parameters:\n" + "".join(
+            f"    {name}: {json.dumps(value)}\n" for name, value in params.items()))
+        command = ["ros2", "launch", "agegender_ros", "nano.launch.py", f"params_file:={params_file}",
+                   "image_topics:=/bench/image_raw", f"dds_profile:={args.dds_profile}"]
+        return command, " ".join(command) + "   # " + ", ".join(f"{k}: {v}" for k, v in params.items())
+    command = [sys.executable, "-m", "agegender_ros.node", "--ros-args"]
+    for name, value in params.items():
+        command += ["-p", f"{name}:={json.dumps(value) if isinstance(value, list) else value}"]
+    return command, " ".join(command[1:])
+
+
+def _node_pid(root_pid: int):
+    """The pid of the agegender_node process under root_pid (itself with --via process, the launch's child with
+    --via launch), or None."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        for proc in [psutil.Process(root_pid)] + psutil.Process(root_pid).children(recursive=True):
+            cmdline = " ".join(proc.cmdline())
+            if ("agegender_node" in cmdline or "agegender_ros.node" in cmdline) and "--ros-args" in cmdline \
+                    and "launch" not in proc.cmdline()[1:3]:
+                return proc.pid
+    except psutil.Error:
+        return None
+    return None
+
+
+def _rss_mb(pid):
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _stop(proc) -> None:
+    """Ctrl-C for the node / the launch (as in a terminal), then SIGKILL for the whole group."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        os.kill(int(children[0]) if children else proc.pid, signal.SIGINT)
+        proc.wait(timeout=20)
+    except (subprocess.TimeoutExpired, ProcessLookupError, OSError, ValueError):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _stream(probe, message, rate: float, seconds: float, on_tick=None) -> tuple:
+    """Publish `message` at `rate` for `seconds` (fresh stamp each); returns (stamps sent, duration)."""
+    sent = []
+    period = 1.0 / rate
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < seconds:
+        message.header = probe.header("bench")
+        probe.image_pub.publish(message)
+        sent.append(message.header.stamp.sec * 1_000_000_000 + message.header.stamp.nanosec)
+        i += 1
+        if on_tick is not None:
+            on_tick(i)
+        time.sleep(max(0.0, start + i * period - time.monotonic()))
+    return sent, time.monotonic() - start
+
+
+def _stats(probe, sent: list, duration: float, first_arrival: int) -> dict:
+    sent_set = set(sent)
+    arrivals = [a for a in probe.arrivals[first_arrival:] if a[0] in sent_set]
+    latencies = [(arrived - stamp) / 1e6 for stamp, arrived, _ in arrivals]
+    in_window = [a for a in arrivals if a[0] <= sent[-1]]
+    return {
+        "input_frames": len(sent), "input_rate_achieved_hz": round(len(sent) / duration, 1),
+        "output_fps": round(len(in_window) / duration, 1),
+        "answered_fraction": round(len(arrivals) / len(sent), 3),
+        "latency_ms_p50": round(_percentile(latencies, 50), 1),
+        "latency_ms_p99": round(_percentile(latencies, 99), 1),
+        "latency_ms_max": round(max(latencies), 1) if latencies else None,
+    }
+
+
 def run(args, transport: str) -> dict:
-    """One node process and one publishing/receiving session with this DDS transport; every scene and rate."""
-    for name in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+    """One node (process or launch) and one publishing/receiving session with this DDS transport."""
+    for name in PROFILE_VARIABLES:
         os.environ.pop(name, None)
+    node_env = dict(os.environ)  # --via launch: the launch file decides the node's transport
     if transport == "large-shm":
-        profile = Path(tempfile.mkdtemp(prefix="agegender-bench-")) / "fastdds_large_shm.xml"
-        profile.write_text(LARGE_SHM_PROFILE)
         # Read when the first DDS participant of a process is created (Fast DDS 2.x / 3.x names).
-        os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+        os.environ.update({name: str(PROFILE) for name in PROFILE_VARIABLES})
+        if args.via == "process":
+            node_env = dict(os.environ)
 
     from agegender_ros import ros_session as ros
     from agegender_ros.ros_image import encode_frame
+    from agegender_ros.ros_session import image_message
     from agegender_ros.weights import default_weights_path
 
     weights = args.weights
@@ -110,29 +202,35 @@ def run(args, transport: str) -> dict:
 
             weights = untrained_weights()
     domain = ros.private_domain_id()
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "agegender_ros.node", "--ros-args", "-p", f"weights:={weights}",
-               "-p", f"backend:={args.backend}", "-p", f"detector:={args.detector}",
-               "-p", f"detector_input_size:={args.input_size}", "-p", f"num_threads:={args.threads}",
-               "-p", "diagnostics_period_s:=0.0", "-p", "publish_vision_msgs:=false",
-               "-p", "image_topics:=['/bench/image_raw']", "-p", "detections_topic:=/bench/detections"]
-    node_log = tempfile.NamedTemporaryFile("w+", prefix="bench-node-", suffix=".log", delete=False)
-    proc = subprocess.Popen(["timeout", "-s", "KILL", str(int(args.seconds * 8 + 120))] + command, env=env,
-                            stdout=node_log, stderr=subprocess.STDOUT, start_new_session=True)
-    results = {"transport": transport, "node_command": " ".join(command[1:]),
+    node_env.update(ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1")
+    workdir = Path(tempfile.mkdtemp(prefix="agegender-bench-"))
+    command, description = _node_command(args, weights, workdir)
+    total_s = args.soak if args.soak else args.seconds * len(args.rates) * len(args.faces)
+    node_log = workdir / "node.log"
+    with open(node_log, "w") as log:
+        proc = subprocess.Popen(["timeout", "-s", "KILL", str(int(total_s * 1.5 + 180))] + command, env=node_env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    results = {"via": args.via, "transport": transport, "node_command": description,
                "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                            "python": platform.python_version(),
                            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
                "weights": weights, "scenes": []}
+    if args.via == "launch":
+        results["dds_profile"] = args.dds_profile
     try:
         with ros.RosSession(domain_id=domain) as session:
             probe = session.probe(image_topic="/bench/image_raw", detections_topic="/bench/detections",
                                   name="agegender_bench", reliable=False)
-            if not probe.wait_ready(60.0):
-                raise RuntimeError("the node did not come up; its log: " + Path(node_log.name).read_text()[-3000:])
+            if not probe.wait_ready(120.0):
+                raise RuntimeError("the node did not come up; its log: " + node_log.read_text()[-3000:])
+            node_pid = _node_pid(proc.pid)
+            if args.via == "launch" and node_pid is not None:
+                environ = Path(f"/proc/{node_pid}/environ").read_bytes().decode(errors="replace").split("\0")
+                results["node_dds_profile"] = next((e.split("=", 1)[1] for e in environ
+                                                    if e.startswith(PROFILE_VARIABLES[0] + "=")), None)
             for n_faces in args.faces:
                 frame = _scene(n_faces)
-                message = ros.image_message(encode_frame(frame, "bgr8"))
+                message = image_message(encode_frame(frame, "bgr8"))
                 # Warm-up (also checks the scene): a few answered frames.
                 faces_seen = []
                 for _ in range(5):
@@ -140,48 +238,62 @@ def run(args, transport: str) -> dict:
                         faces_seen.append(len(probe.request(frame, "bgr8", timeout=15)[1].faces))
                     except TimeoutError:
                         pass
+                if args.soak:
+                    results["soak"] = soak(args, probe, message, proc, node_pid, n_faces, sorted(set(faces_seen)))
+                    break
                 for rate in args.rates:
                     first_arrival = len(probe.arrivals)
-                    sent = []
-                    period = 1.0 / rate
-                    start = time.monotonic()
-                    i = 0
-                    while time.monotonic() - start < args.seconds:
-                        message.header = probe.header("bench")
-                        probe.image_pub.publish(message)
-                        sent.append(message.header.stamp.sec * 1_000_000_000 + message.header.stamp.nanosec)
-                        i += 1
-                        time.sleep(max(0.0, start + i * period - time.monotonic()))
-                    duration = time.monotonic() - start
+                    sent, duration = _stream(probe, message, rate, args.seconds)
                     time.sleep(1.0)  # the last replies
-                    sent_set = set(sent)
-                    arrivals = [a for a in probe.arrivals[first_arrival:] if a[0] in sent_set]
-                    latencies = [(arrived - stamp) / 1e6 for stamp, arrived, _ in arrivals]
-                    in_window = [a for a in arrivals if a[0] <= sent[-1]]
-                    scene = {
-                        "transport": transport, "faces_in_frame": n_faces, "faces_detected": sorted(set(faces_seen)),
-                        "input_rate_hz": rate, "input_frames": len(sent),
-                        "input_rate_achieved_hz": round(len(sent) / duration, 1),
-                        "output_fps": round(len(in_window) / duration, 1),
-                        "answered_fraction": round(len(arrivals) / len(sent), 3),
-                        "latency_ms_p50": round(_percentile(latencies, 50), 1),
-                        "latency_ms_p99": round(_percentile(latencies, 99), 1),
-                        "latency_ms_max": round(max(latencies), 1) if latencies else None,
-                    }
+                    scene = {"transport": transport, "faces_in_frame": n_faces,
+                             "faces_detected": sorted(set(faces_seen)), "input_rate_hz": rate,
+                             **_stats(probe, sent, duration, first_arrival)}
                     results["scenes"].append(scene)
                     print(json.dumps(scene), flush=True)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=10)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log_text = Path(node_log.name).read_text()
+        results["node_alive_at_end"] = proc.poll() is None
+        _stop(proc)
+        log_text = node_log.read_text()
         results["node_log"] = [line for line in log_text.splitlines() if "] [agegender_node]:" in line][:3]
-        os.unlink(node_log.name)
+        results["node_died"] = [line for line in log_text.splitlines() if "process has died" in line]
+        shutil.rmtree(workdir, ignore_errors=True)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
+
+
+def soak(args, probe, message, proc, node_pid, n_faces: int, faces_detected: list) -> dict:
+    """--soak seconds at the first rate, one row per minute (the last one possibly shorter)."""
+    rate = args.rates[0]
+    minutes = []
+    start = time.monotonic()
+    while time.monotonic() - start < args.soak - 1:
+        first_arrival = len(probe.arrivals)
+        seconds = min(60.0, args.soak - (time.monotonic() - start))
+        sent, duration = _stream(probe, message, rate, seconds)
+        row = {"minute": len(minutes) + 1, "seconds": round(duration, 1), **_stats(probe, sent, duration,
+                                                                                 first_arrival),
+               "node_rss_mb": _rss_mb(node_pid), "node_alive": proc.poll() is None}
+        minutes.append(row)
+        print(json.dumps(row), flush=True)
+        if proc.poll() is not None:
+            break
+    time.sleep(1.0)
+    rss = [m["node_rss_mb"] for m in minutes if m["node_rss_mb"]]
+    p99 = [m["latency_ms_p99"] for m in minutes]
+    summary = {
+        "faces_in_frame": n_faces, "faces_detected": faces_detected, "input_rate_hz": rate,
+        "duration_s": round(time.monotonic() - start, 1), "minutes": minutes,
+        "node_alive_at_end": proc.poll() is None,
+        "rss_mb_after_minute_1": rss[0] if rss else None, "rss_mb_max": max(rss) if rss else None,
+        "rss_mb_end": rss[-1] if rss else None,
+        "rss_growth_after_minute_1_pct": round(100.0 * (max(rss[1:] or rss) - rss[0]) / rss[0], 2) if rss else None,
+        "latency_ms_p99_first_3_min": round(sum(p99[:3]) / len(p99[:3]), 1) if p99 else None,
+        "latency_ms_p99_last_3_min": round(sum(p99[-3:]) / len(p99[-3:]), 1) if p99 else None,
+        "output_fps_mean": round(sum(m["output_fps"] for m in minutes) / len(minutes), 1) if minutes else None,
+        "answered_mean": round(sum(m["answered_fraction"] for m in minutes) / len(minutes), 3) if minutes else None,
+    }
+    print(json.dumps({k: v for k, v in summary.items() if k != "minutes"}), flush=True)
+    return summary
 
 
 def main() -> int:
@@ -189,15 +301,25 @@ def main() -> int:
     parser.add_argument("--faces", type=int, nargs="+", default=[1, 5], help="faces per frame (1..5)")
     parser.add_argument("--rates", type=float, nargs="+", default=[60.0, 30.0], help="input frame rates (Hz)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per scene and rate")
+    parser.add_argument("--soak", type=float, default=0.0, help="soak test: this many seconds of the first scene "
+                        "and rate, reported per minute (0 = off)")
+    parser.add_argument("--via", choices=["launch", "process"], default=None,
+                        help="start the node with `ros2 launch agegender_ros nano.launch.py` (default where the "
+                             "`ros2` command exists) or as `python -m agegender_ros.node`")
+    parser.add_argument("--dds-profile", default="auto", help="--via launch: the launch's dds_profile argument")
     parser.add_argument("--weights", help="weights .pt (default: the package's, else random-init)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--detector", default="scrfd")
     parser.add_argument("--input-size", type=int, default=320, help="detector_input_size")
     parser.add_argument("--threads", type=int, default=1, help="num_threads of the node")
     parser.add_argument("--transport", choices=["default", "large-shm", "both"], default="both",
-                        help="DDS transport set-up (see the top of this file)")
+                        help="DDS transport of the publisher (see the top of this file)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if args.via is None:
+        args.via = "launch" if shutil.which("ros2") else "process"
+    if args.via == "launch" and not shutil.which("ros2"):
+        parser.error("--via launch needs the `ros2` command (source scripts/ros_shell.sh)")
     if os.environ.get("AGEGENDER_NETNS") != "1":  # DDS only inside a private network namespace
         netns = REPO / "scripts" / "netns_run.sh"
         os.execv("/bin/bash", ["bash", str(netns), sys.executable] + sys.argv)
@@ -207,16 +329,16 @@ def main() -> int:
         for transport in ("default", "large-shm"):
             with tempfile.NamedTemporaryFile(suffix=".json") as part:
                 argv = [a for a in sys.argv[1:]]
-                for option in ("--json", "--transport"):
+                for option in ("--json", "--transport", "--via"):
                     if option in argv:
                         i = argv.index(option)
                         del argv[i:i + 2]
-                subprocess.run([sys.executable, __file__] + argv + ["--transport", transport, "--json", part.name],
-                               check=True)
+                subprocess.run([sys.executable, __file__] + argv + ["--via", args.via, "--transport", transport,
+                                                                    "--json", part.name], check=True)
                 runs += json.loads(Path(part.name).read_text())["runs"]
     else:
         runs.append(run(args, args.transport))
-        print(json.dumps({k: v for k, v in runs[-1].items() if k != "scenes"}, indent=2), flush=True)
+        print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("scenes", "soak")}, indent=2), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"command": " ".join(["scripts/bench_node.py"] + sys.argv[1:]),
                                                "runs": runs}, indent=2) + "\n")

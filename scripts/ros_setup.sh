@@ -60,12 +60,20 @@ ROS_PKGS=(
   rosbags
   pytest
   numpy
+  # What the ROS 2 tools built from ../shared/ros2 (scripts/ros_underlay.sh: launch, ros2cli, launch_testing)
+  # import. Their `lark` (launch's substitution grammar) is already here: lark-parser, which rosidl_parser
+  # requires, provides the same `lark` module (PyPI's newer `lark` would overwrite its files).
+  osrf-pycommon
+  pyyaml
+  psutil
+  netifaces
 )
 # CMake >= 3.8 drives the message generation; PyPI has it when the system does not.
 command -v cmake >/dev/null 2>&1 || [[ -x "$VENV/bin/cmake" ]] || ROS_PKGS+=(cmake)
 if [[ "${ROS_SETUP_SKIP_PIP:-0}" != 1 ]]; then
   # `--upgrade-strategy only-if-needed` (the default) keeps re-runs fast: satisfied requirements are skipped.
   "$VPY" -m pip install --disable-pip-version-check -q "${ROS_PKGS[@]}"
+  "$VPY" -c 'import lark' 2>/dev/null || "$VPY" -m pip install --disable-pip-version-check -q lark
 fi
 # The generated type support is C/C++: a compiler and make are needed too (not on PyPI).
 for tool in cc c++ make; do

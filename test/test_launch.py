@@ -1,9 +1,9 @@
 """The launch file and its ROS-free logic (agegender_ros.launch_args), the parameter table, the config files,
 and Python 3.8 syntax of the modules that run on a Jetson.
 
-launch_ros is not installable here, so launch/nano.launch.py is exercised twice: with small stand-ins for the
-`launch` / `launch_ros` classes it uses (always), and with the real packages where they import (skipped
-otherwise, with the reason).
+launch/nano.launch.py is exercised here twice: with small stand-ins for the `launch` / `launch_ros` classes it
+uses (always), and with the real packages where they import (skipped otherwise, with the reason). The real
+`ros2 launch` runs in the launch tests, test/launch/*.py (add_launch_test in CMakeLists.txt).
 """
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_plan_with_defaults_uses_nano_yaml_and_no_camera():
 def test_plan_overrides_only_what_is_set():
     plan = la.plan_launch({"image_topics": "/front/image_raw, /rear/image_raw/compressed", "backend": "torch",
                            "weights": "/w/m.pt", "publish_debug_image": "True", "log_level": "debug",
-                           "params_file": str(CONFIGS[1]), "namespace": "robot1"}, "/unused")
+                           "params_file": str(CONFIGS[1]), "namespace": "robot1", "dds_profile": "none"}, "/unused")
     assert plan.node.parameters == [str(CONFIGS[1]), {
         "image_topics": ["/front/image_raw", "/rear/image_raw/compressed"], "backend": "torch",
         "weights": "/w/m.pt", "publish_debug_image": True}]
@@ -203,6 +203,75 @@ def test_bad_launch_arguments(values, message):
         la.plan_launch(values, str(REPO))
 
 
+# ---------------------------------------------------------------------------------------- the DDS transport
+PROFILE = REPO / "config" / la.DDS_PROFILE_FILE
+BOTH_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
+
+
+@pytest.mark.parametrize("rmw", ["", "rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp"])
+def test_fast_dds_gets_the_shared_memory_profile(rmw):
+    environ = {"RMW_IMPLEMENTATION": rmw} if rmw else {}
+    assert la.transport_environment("auto", environ, str(REPO)) == {name: str(PROFILE) for name in BOTH_VARIABLES}
+    plan = la.plan_launch({}, str(REPO), environ)
+    assert plan.environment == {name: str(PROFILE) for name in BOTH_VARIABLES}
+    assert plan.node.parameters == [str(REPO / "config" / "nano.yaml")]  # transport only, no node parameter
+
+
+@pytest.mark.parametrize("environ", [
+    {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"},
+    {"RMW_IMPLEMENTATION": "rmw_zenoh_cpp"},
+    {"FASTRTPS_DEFAULT_PROFILES_FILE": "/home/me/my_profile.xml"},
+    {"FASTDDS_DEFAULT_PROFILES_FILE": "/home/me/my_profile.xml", "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"},
+], ids=["cyclonedds", "zenoh", "own-profile-fastdds2", "own-profile-fastdds3"])
+def test_auto_leaves_other_rmws_and_the_users_own_profile_alone(environ):
+    assert la.transport_environment("auto", environ, str(REPO)) == {}
+    assert la.plan_launch({}, str(REPO), environ).environment == {}
+
+
+def test_dds_profile_none_and_explicit(tmp_path):
+    assert la.plan_launch({"dds_profile": "none"}, str(REPO), {}).environment == {}
+    own = tmp_path / "profile.xml"
+    own.write_text("<profiles/>")
+    assert la.plan_launch({"dds_profile": str(own)}, str(REPO), {}).environment == \
+        {name: str(own) for name in BOTH_VARIABLES}
+    with pytest.raises(la.ParameterError, match="does not exist"):
+        la.plan_launch({"dds_profile": str(tmp_path / "missing.xml")}, str(REPO), {})
+    with pytest.raises(la.ParameterError, match="RMW_IMPLEMENTATION is 'rmw_cyclonedds_cpp'"):
+        la.plan_launch({"dds_profile": str(own)}, str(REPO), {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"})
+    with pytest.raises(la.ParameterError, match="dds_profile"):  # auto, but the package lacks its profile
+        la.plan_launch({}, str(tmp_path), {})
+
+
+def test_profile_keeps_udp_and_gives_shared_memory_room_for_full_frames():
+    """The shipped profile: a shared-memory segment that holds several 640x480 bgr8 frames, and UDPv4 besides it
+    (discovery, and processes without the profile -- a user's `ros2 topic echo` -- still reach the node)."""
+    import xml.etree.ElementTree as ET
+
+    ns = {"p": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+    root = ET.parse(PROFILE).getroot()
+    transports = {d.find("p:transport_id", ns).text: d for d in root.iterfind("p:transport_descriptors/"
+                                                                                "p:transport_descriptor", ns)}
+    kinds = {tid: d.find("p:type", ns).text for tid, d in transports.items()}
+    assert sorted(kinds.values()) == ["SHM", "UDPv4"]
+    shm = next(d for d in transports.values() if d.find("p:type", ns).text == "SHM")
+    assert int(shm.find("p:segment_size", ns).text) >= 4 * 640 * 480 * 3
+    participant = root.find("p:participant", ns)
+    assert participant.get("is_default_profile") == "true"
+    used = [t.text for t in participant.iterfind("p:rtps/p:userTransports/p:transport_id", ns)]
+    assert sorted(used) == sorted(transports)
+    # The bench and the docs show the same profile.
+    assert "<segment_size>16777216</segment_size>" in (REPO / "docs" / "ros.md").read_text()
+
+
+@pytest.mark.parametrize("code,words", [(2, "invalid parameters"), (1, "could not start"), (-9, "signal 9"),
+                                        (3, "status 3")])
+def test_node_exit_problem(code, words):
+    assert la.node_exit_problem("agegender_node", 0) is None
+    assert la.node_exit_problem("agegender_node", None) is None
+    message = la.node_exit_problem("agegender_node", code)
+    assert message.startswith(f"agegender_node exited with status {code}") and words in message
+
+
 # ------------------------------------------------------------------------------------------ the launch file
 def _load_launch_file():
     spec = importlib.util.spec_from_file_location("agegender_nano_launch", LAUNCH_FILE)
@@ -233,11 +302,24 @@ def _stand_in_modules():
         def __init__(self, entities):
             self.entities = list(entities)
 
+    class GroupAction:
+        def __init__(self, actions, scoped=True, forwarding=True):
+            self.actions, self.scoped, self.forwarding = list(actions), scoped, forwarding
+
+    class OnProcessExit:
+        def __init__(self, target_action, on_exit):
+            self.target_action, self.on_exit = target_action, on_exit
+
     launch = types.ModuleType("launch")
     launch.LaunchDescription = LaunchDescription
     launch.actions = types.ModuleType("launch.actions")
     launch.actions.DeclareLaunchArgument = type("DeclareLaunchArgument", (Recorder,), {})
     launch.actions.OpaqueFunction = OpaqueFunction
+    launch.actions.GroupAction = GroupAction
+    launch.actions.RegisterEventHandler = type("RegisterEventHandler", (Recorder,), {})
+    launch.actions.SetEnvironmentVariable = type("SetEnvironmentVariable", (Recorder,), {})
+    launch.event_handlers = types.ModuleType("launch.event_handlers")
+    launch.event_handlers.OnProcessExit = OnProcessExit
     launch.substitutions = types.ModuleType("launch.substitutions")
     launch.substitutions.LaunchConfiguration = LaunchConfiguration
     launch_ros = types.ModuleType("launch_ros")
@@ -247,6 +329,7 @@ def _stand_in_modules():
     ament.packages = types.ModuleType("ament_index_python.packages")
     ament.packages.get_package_share_directory = lambda name: str(REPO)
     return {"launch": launch, "launch.actions": launch.actions, "launch.substitutions": launch.substitutions,
+            "launch.event_handlers": launch.event_handlers,
             "launch_ros": launch_ros, "launch_ros.actions": launch_ros.actions,
             "ament_index_python": ament, "ament_index_python.packages": ament.packages}
 
@@ -261,25 +344,47 @@ def test_launch_file_with_stand_ins(monkeypatch):
     assert camera_arg.kwargs["default_value"] == "none" and camera_arg.kwargs["choices"] == list(la.CAMERAS)
     opaque = description.entities[-1]
 
-    def run(**values):
-        context = types.SimpleNamespace(launch_configurations={**la.LAUNCH_DEFAULTS, **values})
-        return [action.kwargs for action in opaque.function(context)]
+    def run(environment=None, **values):
+        context = types.SimpleNamespace(launch_configurations={**la.LAUNCH_DEFAULTS, **values},
+                                        environment=environment or {}, is_shutdown=False)
+        (group,) = opaque.function(context)
+        assert group.scoped and group.forwarding  # the variables reach only the processes of this launch
+        by_type = {}
+        for action in group.actions:
+            by_type.setdefault(type(action).__name__, []).append(action)
+        assert type(group.actions[-1]).__name__ == "Node"
+        return context, by_type
 
-    (node,) = run()
+    _, actions = run()
+    (node,) = [a.kwargs for a in actions["Node"]]
     assert node["package"] == "agegender_ros" and node["executable"] == "agegender_node"
     assert node["parameters"] == [str(REPO / "config" / "nano.yaml")]
-    camera, node = run(camera="v4l2", image_topics="/cam/image_raw", backend="onnxruntime")
+    assert sorted(a.args for a in actions["SetEnvironmentVariable"]) == [
+        (name, str(REPO / "config" / la.DDS_PROFILE_FILE)) for name in sorted(BOTH_VARIABLES)]
+    # The node is required: an exit with an error stops the launch with the node's reason (ros2 launch exits 1).
+    (handler,) = [a.args[0] for a in actions["RegisterEventHandler"]]
+    assert handler.target_action is actions["Node"][0]
+    context = types.SimpleNamespace(is_shutdown=False)
+    assert handler.on_exit(types.SimpleNamespace(returncode=0), context) is None
+    with pytest.raises(RuntimeError, match="agegender_node exited with status 2 \\(invalid parameters"):
+        handler.on_exit(types.SimpleNamespace(returncode=2), context)
+    assert handler.on_exit(types.SimpleNamespace(returncode=-15), types.SimpleNamespace(is_shutdown=True)) is None
+
+    _, actions = run(camera="v4l2", image_topics="/cam/image_raw", backend="onnxruntime",
+                     environment={"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"})
+    camera, node = [a.kwargs for a in actions["Node"]]
     assert camera["package"] == "v4l2_camera" and ("image_raw", "/cam/image_raw") in camera["remappings"]
     assert node["parameters"][1] == {"image_topics": ["/cam/image_raw"], "backend": "onnxruntime"}
+    assert "SetEnvironmentVariable" not in actions
     with pytest.raises(la.ParameterError):
         run(backend="nope")
 
 
 def test_launch_file_with_real_launch_ros():
-    pytest.importorskip("launch_ros", reason="launch_ros is not installed (no wheel on PyPI; present in a ROS 2 "
-                                             "install such as Humble on the Jetson)")
+    pytest.importorskip("launch_ros", reason="launch_ros is not installed (no wheel on PyPI: built from "
+                                             "../shared/ros2 by scripts/ros_underlay.sh, or from a ROS 2 install)")
     from launch import LaunchContext
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, SetEnvironmentVariable
     from launch_ros.actions import Node
 
     description = _load_launch_file().generate_launch_description()
@@ -291,8 +396,11 @@ def test_launch_file_with_real_launch_ros():
     context.launch_configurations["params_file"] = str(REPO / "config" / "nano.yaml")
     context.launch_configurations["camera"] = "v4l2"
     opaque = next(e for e in description.entities if isinstance(e, OpaqueFunction))
-    actions = opaque.visit(context)
-    assert len(actions) == 2 and all(isinstance(a, Node) for a in actions)
+    (group,) = opaque.visit(context)
+    assert isinstance(group, GroupAction)
+    actions = group.get_sub_entities()
+    assert len([a for a in actions if isinstance(a, Node)]) == 2
+    assert len([a for a in actions if isinstance(a, SetEnvironmentVariable)]) in (0, 2)  # 0: not Fast DDS
 
 
 # ----------------------------------------------------------------------------------------- Python 3.8 syntax
