@@ -299,3 +299,20 @@ def test_train_scores_unseen_datasets_into_metrics_and_model_card(tmp_path, morp
     result = agegender("train", "--dataset", "morph2", "--root", morph_folder, "--unseen", "nonsense",
                        "--out", tmp_path / "bad")
     assert result.returncode == 2 and "--unseen 'nonsense'" in result.stderr
+
+
+def test_tight_crop_smears_the_margin_of_the_chosen_faces_only():
+    from training.train import tight_crop
+
+    grid = torch.nn.functional.affine_grid(torch.eye(2, 3).repeat(4, 1, 1) * 0.8, (4, 3, 64, 64), align_corners=False)
+    unchanged = tight_crop(grid, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(unchanged, grid)
+    smeared = tight_crop(grid, 1.0, torch.Generator().manual_seed(0))
+    assert (smeared.abs() <= 0.85 + 1e-6).all() and (smeared.abs().amax(dim=(1, 2, 3)) >= 0.45 - 1e-6).all()
+    # Inside the box nothing moves: the face itself is the same.
+    centre = grid[:, 24:40, 24:40]
+    assert torch.equal(smeared[:, 24:40, 24:40], centre)
+    crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 80, 80, 3), dtype=np.uint8))
+    x = augment_batch(crops, torch.Generator().manual_seed(2), True, tight_crop_p=1.0)
+    assert x.shape == (8, 3, 64, 64) and torch.isfinite(x).all()
+    assert not torch.equal(x, augment_batch(crops, torch.Generator().manual_seed(2), True, tight_crop_p=0.0))

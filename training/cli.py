@@ -44,6 +44,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--camera-augment", action="store_true", help="also mimic other cameras in augmentation: "
                         "low resolution, blur, sensor noise, JPEG (helps on faces from unseen cameras)")
+    parser.add_argument("--tight-crop-p", type=float, default=defaults.tight_crop_p,
+                        help="fraction of faces whose margin is smeared as in a tightly cropped photo (UTKFace's "
+                        "chips), so that a smeared margin does not tell one dataset apart (0-1)")
     parser.add_argument("--age-bins", type=int, default=defaults.age_bins,
                         help="paper net: predict each age as a distribution over this many bins, trained with a "
                         "label-distribution loss plus L1 (0: plain L1 regression, as the paper)")
@@ -64,8 +67,8 @@ def config_from_args(args):
         raise CommandError(f"--loss-weights: expected head=weight,... got {args.loss_weights!r}") from error
     return TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
-                       camera_augment=args.camera_augment, age_bins=args.age_bins, seed=args.seed,
-                       threads=args.threads, device=args.device, init_weights=args.init_weights)
+                       camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p, age_bins=args.age_bins,
+                       seed=args.seed, threads=args.threads, device=args.device, init_weights=args.init_weights)
 
 
 def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):

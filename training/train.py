@@ -50,6 +50,10 @@ class TrainConfig:
     augment: bool = True
     grayscale_p: float = 0.1  # some greyscale faces: cameras, mugshots and IR frames are often colourless
     camera_augment: bool = False  # also mimic other cameras: low resolution, blur, sensor noise, JPEG
+    # UTKFace's chips are cropped so tightly that the crop's margin is a smear of the chip's edge pixels (the crop
+    # replicates borders), so "smeared margin" would tell the network "UTKFace" and its age distribution. This
+    # smears the margin of that fraction of every dataset's faces, as if they too came from a tight chip.
+    tight_crop_p: float = 0.0
     age_bins: int = 0  # paper net only: 0 = regress each age (L1); K = label distribution over K bins (+ L1)
     age_sigma: float = 0.0  # label distribution width in years (0: the bin spacing)
     label_distribution_weight: float = 1.0  # weight of the distribution loss next to each head's age L1
@@ -71,7 +75,7 @@ class TrainConfig:
 
 
 def augment_batch(crops: torch.Tensor, generator: torch.Generator | None, enabled: bool,
-                  grayscale_p: float = 0.1, camera: bool = False) -> torch.Tensor:
+                  grayscale_p: float = 0.1, camera: bool = False, tight_crop_p: float = 0.0) -> torch.Tensor:
     """uint8 N x 80 x 80 x 3 BGR crops -> normalised N x 3 x 64 x 64 float input, randomly augmented if enabled."""
     n, device = crops.shape[0], crops.device
     x = normalise_crops_tensor(crops)
@@ -93,6 +97,8 @@ def augment_batch(crops: torch.Tensor, generator: torch.Generator | None, enable
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, (n, 3, 64, 64), align_corners=False)
+    if enabled and tight_crop_p > 0:
+        grid = tight_crop(grid, tight_crop_p, generator)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if enabled:
         # Colour jitter in normalised space: brightness (shift), contrast (scale about the mean), saturation.
@@ -108,6 +114,20 @@ def augment_batch(crops: torch.Tensor, generator: torch.Generator | None, enable
         if camera:
             x = camera_degrade(x, generator)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def tight_crop(grid: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Clamp the sampling grid of a random fraction p of the faces to a random box around the face (in stored-crop
+    coordinates, where the inference crop spans +-0.8): outside the box the resample repeats the box's edge pixels,
+    which is what a tightly cropped source photo looks like after `align_crop`."""
+    n = grid.shape[0]
+    # Box edges between 0.45 (a chip barely wider than the face) and 0.85 (just outside the inference crop).
+    edges = (torch.rand(n, 4, generator=generator) * 0.4 + 0.45).to(grid.device)
+    chosen = (torch.rand(n, generator=generator) < p).to(grid.device)
+    edges = torch.where(chosen[:, None], edges, torch.full_like(edges, 2.0))  # 2.0: beyond the crop, no clamp
+    low = -edges[:, None, None, :2]  # left, top
+    high = edges[:, None, None, 2:]  # right, bottom
+    return torch.maximum(torch.minimum(grid, high), low)
 
 
 def _chosen(n: int, p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -357,7 +377,8 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             steps = tqdm(steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False)
         for step in steps:
             index = permutation[step * config.batch_size:(step + 1) * config.batch_size]
-            x = augment_batch(crops[index], generator, config.augment, config.grayscale_p, config.camera_augment)
+            x = augment_batch(crops[index], generator, config.augment, config.grayscale_p, config.camera_augment,
+                              config.tight_crop_p)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = train_model(x)
             loss, parts = multitask_loss({k: v.float() for k, v in outputs.items()}, ages[index], genders[index],
