@@ -241,6 +241,24 @@ def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, 
                 print("error: `ros2 topic echo` did not subscribe; it printed:\n"
                       + _indented("".join(reader.other)), file=sys.stderr)
                 return 1
+            # The echo's subscription is known here, but the node may not have matched it yet (discovery runs per
+            # pair of participants), so a reply published now could miss the echo: send blank frames until the
+            # echo prints the (empty) answer to one of them.
+            import numpy as np
+
+            blank = np.full((64, 64, 3), 100, np.uint8)
+            while True:
+                try:
+                    stamp, _ = probe.request(blank, "bgr8", frame_id="warm_up", timeout=max(5.0, remaining()))
+                except TimeoutError as error:
+                    print(f"error: warm-up frame: {error}", file=sys.stderr)
+                    return 1
+                if reader.wait(stamp, 2.0) is not None:
+                    break
+                if remaining() <= 0 or echo.poll() is not None:
+                    print("error: `ros2 topic echo` printed nothing; it said:\n" + _indented("".join(reader.other)),
+                          file=sys.stderr)
+                    return 1
             print(f"$ {' '.join(echo_command)}", flush=True)
             for path in photos:
                 frame = cv2.imread(str(path))
