@@ -188,9 +188,36 @@ def _indented(text: str, prefix: str = "  | ") -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
 
 
-def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, started: float, domain: int) -> int:
+def _send_photo(probe, path: Path, timeout: float):
+    """Publish one photo and wait for the node's answer: (frame, stamp, AgeGenderArray), None for an unreadable
+    photo (said on stderr); TimeoutError (said on stderr) when the node does not answer."""
     import cv2
 
+    frame = cv2.imread(str(path))
+    if frame is None:
+        print(f"# {path.name}: not readable, skipped", file=sys.stderr)
+        return None
+    try:
+        stamp, msg = probe.request(frame, "bgr8", frame_id=path.stem, timeout=timeout)
+    except TimeoutError as error:
+        print(f"error: {path.name}: {error}", file=sys.stderr)
+        raise
+    return frame, stamp, msg
+
+
+def _save_annotated(probe, stamp, out_dir: Path, path: Path) -> list:
+    """[the written file] once the node's annotated frame for this stamp arrives, else []."""
+    import cv2
+
+    annotated = probe.wait_debug_image(stamp, 10.0)
+    if annotated is None:
+        return []
+    target = out_dir / f"{path.stem}_annotated.jpg"
+    cv2.imwrite(str(target), annotated)
+    return [target]
+
+
+def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, started: float, domain: int) -> int:
     from agegender_ros import ros_session as ros
 
     launch_command = list(LAUNCH_COMMAND)
@@ -261,15 +288,13 @@ def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, 
                     return 1
             print(f"$ {' '.join(echo_command)}", flush=True)
             for path in photos:
-                frame = cv2.imread(str(path))
-                if frame is None:
-                    print(f"# {path.name}: not readable, skipped", file=sys.stderr)
-                    continue
                 try:
-                    stamp, msg = probe.request(frame, "bgr8", frame_id=path.stem, timeout=max(5.0, remaining()))
-                except TimeoutError as error:
-                    print(f"error: {path.name}: {error}", file=sys.stderr)
+                    sent = _send_photo(probe, path, max(5.0, remaining()))
+                except TimeoutError:
                     return 1
+                if sent is None:
+                    continue
+                frame, stamp, msg = sent
                 printed_text = reader.wait(stamp, max(5.0, min(15.0, remaining())))
                 print(f"# {path.name} ({frame.shape[1]}x{frame.shape[0]}): {len(msg.faces)} face(s) on "
                       "/agegender/detections, as `ros2 topic echo` printed it:")
@@ -279,11 +304,7 @@ def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, 
                 print(printed_text.rstrip("\n"))
                 print("---", flush=True)
                 printed += 1
-                annotated = probe.wait_debug_image(stamp, 10.0)
-                if annotated is not None:
-                    target = out_dir / f"{path.stem}_annotated.jpg"
-                    cv2.imwrite(str(target), annotated)
-                    written.append(target)
+                written += _save_annotated(probe, stamp, out_dir, path)
     finally:
         _stop(echo, 10.0)
         launch_rc = _stop(launch)
@@ -301,8 +322,6 @@ def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, 
 
 def run_in_process(args, photos: list, weights: str, note: str, out_dir: Path, started: float, domain: int,
                    why: str) -> int:
-    import cv2
-
     from agegender_ros import ros_session as ros  # rclpy from here on
     from agegender_ros.ros_echo import message_to_yaml
     from agegender_ros.weights import default_weights_path
@@ -324,24 +343,18 @@ def run_in_process(args, photos: list, weights: str, note: str, out_dir: Path, s
             print("error: the node and the demo publisher did not connect", file=sys.stderr)
             return 1
         for path in photos:
-            frame = cv2.imread(str(path))
-            if frame is None:
-                print(f"# {path.name}: not readable, skipped", file=sys.stderr)
-                continue
             try:
-                stamp, msg = probe.request(frame, "bgr8", frame_id=path.stem, timeout=max(5.0, remaining()))
-            except TimeoutError as error:
-                print(f"error: {path.name}: {error}", file=sys.stderr)
+                sent = _send_photo(probe, path, max(5.0, remaining()))
+            except TimeoutError:
                 return 1
+            if sent is None:
+                continue
+            frame, stamp, msg = sent
             print(f"# {path.name} ({frame.shape[1]}x{frame.shape[0]}): {len(msg.faces)} face(s) on "
                   "/agegender/detections")
             print(message_to_yaml(msg))
             print("---", flush=True)
-            annotated = probe.wait_debug_image(stamp, 10.0)
-            if annotated is not None:
-                target = out_dir / f"{path.stem}_annotated.jpg"
-                cv2.imwrite(str(target), annotated)
-                written.append(target)
+            written += _save_annotated(probe, stamp, out_dir, path)
     print(f"wrote {len(written)} annotated frame(s) to {out_dir}/: " + ", ".join(p.name for p in written))
     print(f"done in {time.monotonic() - started:.1f} s")
     return 0 if len(written) == len(photos) else 1
