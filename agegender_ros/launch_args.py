@@ -74,6 +74,8 @@ NODE_PARAMETERS = (
     ParamSpec("max_faces", 32, "At most this many faces per image (the most confident).", "int", low=1, high=256),
     ParamSpec("min_face_size", 0, "Ignore faces whose box is smaller than this (pixels, shorter side).", "int",
               low=0, high=4096),
+    ParamSpec("flip_tta", False, "Also run each face mirrored and average the two (test-time augmentation): "
+              "slightly more accurate, more network time per face.", "bool"),
     ParamSpec("num_threads", 2, "CPU threads for the detector and the network (0 = the runtime's default).",
               "int", low=0, high=64),
     ParamSpec("tracking", True, "Track faces across frames (stable track_id) and smooth age and gender.", "bool"),

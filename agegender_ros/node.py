@@ -365,7 +365,8 @@ class AgeGenderNode(Node):
             f"detector {detector.name} (input {p['detector_input_size']}), backend {backend.name}"
             + (f" {providers}" if providers else "")
             + (f" (skipped {'; '.join(reasons)})" if reasons else "") + f", weights {self.weights_path}")
-        return Estimator(detector, backend, max_faces=p["max_faces"], min_face_size=float(p["min_face_size"]))
+        return Estimator(detector, backend, max_faces=p["max_faces"], min_face_size=float(p["min_face_size"]),
+                         flip_tta=bool(p["flip_tta"]))
 
     def _setup_io(self) -> None:
         p = self.params

@@ -313,6 +313,7 @@ def test_parameters_are_declared_with_descriptions_and_ranges(live):
     assert "tensorrt" in node.describe_parameter("backend").additional_constraints
     assert node.get_parameter("compressed_image_topics").value == ["/camera/image_raw/compressed"]
     assert node.get_parameter("tracking").value is True
+    assert node.get_parameter("flip_tta").value is False and node.estimator.flip_tta is False
 
 
 def test_newest_frame_wins_and_stale_frames_are_dropped(live, astronaut):
