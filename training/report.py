@@ -30,7 +30,7 @@ def _load_run(run: Path) -> dict:
                 "model": report["model"], "mae": mean.get("mae_pooled") or mean.get("mae"),
                 "gender_acc": mean.get("gender_acc"), "ca3": mean.get("ca3"), "ca5": mean.get("ca5"),
                 "n": mean.get("n"), "folds": mean.get("folds"), "params": report.get("params"),
-                "start": f"fine-tuned from {Path(init).name}" if init else "scratch",
+                "start": f"fine-tuned from {Path(init).parent.name}/{Path(init).name}" if init else "scratch",
                 "wall_s": report.get("wall_s"), "predictions": sorted(run.glob("*/predictions.npz"))}
     if (run / "metrics.json").is_file():
         result = json.loads((run / "metrics.json").read_text())
