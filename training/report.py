@@ -132,6 +132,9 @@ def _plots(rows: list[dict], out: Path) -> None:
     axis.grid(alpha=0.3), axis.legend()
     figure.tight_layout(), figure.savefig(out / "mae_by_age.png", dpi=120), plt.close(figure)
 
+    loaded = [(name, p) for name, p in loaded if (p["gender_true"] >= 0).any()]  # FG-NET has no gender labels
+    if not loaded:
+        return
     figure, axes = plt.subplots(1, len(loaded), figsize=(3.2 * len(loaded), 3), squeeze=False)
     for axis, (name, p) in zip(axes[0], loaded):
         confusion = np.array(gender_confusion(p["gender_true"], p["p_male"]))
