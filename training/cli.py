@@ -281,8 +281,8 @@ def add_commands(sub) -> None:
     _dataset_args(p, repeatable=False)
     p.add_argument("--weights", help="default: the package's weights")
     p.add_argument("--flip-tta", action="store_true", help="average each face with its mirror image")
-    p.add_argument("--protocol", choices=PROTOCOLS, help="score only the held-out faces of this protocol's fold (e.g. official: AAF "
-                   "val; random80: the UTKFace fifth that `train` holds out), not every labelled image")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="score only the held-out faces of this protocol's fold "
+                   "(e.g. official: AAF val; random80: the UTKFace fifth that `train` holds out), not every image")
     p.add_argument("--fold", type=int, default=0, help="with --protocol: which fold (default 0)")
     p.add_argument("--seed", type=int, default=0, help="with --protocol: the split's seed (as in train)")
     p.add_argument("--json", action="store_true", help="one JSON line")

@@ -2,8 +2,9 @@
 
 Data live in memory as uint8 80x80 crops (see cache.py) on the training device; each step samples a batch,
 augments it on the device (flip, shift/scale/rotation in one affine resample to 64x64, colour jitter, some
-greyscale) and normalises it with the runtime's own constants. Every epoch's shuffle, augmentation and dropout are
-seeded by (seed, epoch), so a run resumed from its last checkpoint replays exactly what an uninterrupted run does.
+greyscale; optionally smeared tight-crop margins and other cameras' degradations) and normalises it with the
+runtime's own constants. Every epoch's shuffle, augmentation and dropout are seeded by (seed, epoch), so a run
+resumed from its last checkpoint replays exactly what an uninterrupted run does.
 
 Multi-GPU / multi-machine: start with `torchrun --nproc-per-node N -m training.cli train ...`; each rank takes
 its share of every epoch's permutation and DistributedDataParallel averages gradients. Only rank 0 writes.
@@ -317,8 +318,9 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             raise ValueError(f"--init-weights {config.init_weights} is a {pretrained_card['architecture']!r} "
                              f"model, not {config.model!r}")
         if pretrained_card.get("model_args", {}) != config.model_args():
-            raise ValueError(f"--init-weights {config.init_weights} was built with {pretrained_card['model_args']}, "
-                             f"this run with {config.model_args()} (e.g. pass the same --age-bins)")
+            raise ValueError(f"--init-weights {config.init_weights} was built with "
+                             f"{pretrained_card.get('model_args')}, this run with {config.model_args()} "
+                             "(e.g. pass the same --age-bins)")
         model.load_state_dict(pretrained.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     if len(train_set) == 0:
