@@ -42,6 +42,11 @@ HEADS = ("final", "virtual", "low")
 AGE_BINS_RANGE = (0.0, 100.0)
 
 
+def age_bin_centres(bins: int, device=None) -> torch.Tensor:
+    """The ages (years) the K bins of a label-distribution age output stand for, evenly over AGE_BINS_RANGE."""
+    return torch.linspace(AGE_BINS_RANGE[0], AGE_BINS_RANGE[1], bins, device=device)
+
+
 class ConvBNAct(nn.Sequential):
     """conv -> BatchNorm -> LeakyReLU, the paper's unit."""
 
@@ -122,8 +127,7 @@ class PaperNet(AgeGenderModel):
         self.age_bins = int(age_bins)
         age_width = max(1, self.age_bins)
         if self.age_bins:
-            self.register_buffer("age_bin_centres", torch.linspace(AGE_BINS_RANGE[0], AGE_BINS_RANGE[1], age_bins),
-                                 persistent=False)
+            self.register_buffer("age_bin_centres", age_bin_centres(age_bins), persistent=False)
         # Three stems that see the face differently: fine detail, wider context, and a dilated view with a 5x5
         # reach at 3x3 cost. All stride 2: the budget of <= 60 MFLOP per face needs early downsampling.
         self.stem_fine = ConvBNAct(3, 16, 3, stride=2)

@@ -90,6 +90,19 @@ def load_dataset(name: str, root: str, detector: str, gender_file: str | None = 
     return data
 
 
+def pick_fold(name: str, data, protocol: str, fold: int, seed: int) -> tuple[str, list[int], list[int]]:
+    """(fold name, train indices, test indices) of one fold of a protocol, as `train` and `evaluate` select it."""
+    from .protocols import folds
+
+    try:
+        fold_list = folds(protocol, data, seed=seed)
+    except ValueError as error:
+        raise CommandError(f"{name}: {error}") from error
+    if not 0 <= fold < len(fold_list):
+        raise CommandError(f"--fold {fold}: protocol {protocol} has {len(fold_list)} folds")
+    return fold_list[fold]
+
+
 def _pairs(args) -> list[tuple[str, str]]:
     datasets, roots = args.dataset, args.root
     if datasets is None:
@@ -104,7 +117,7 @@ def cmd_train(args) -> int:
 
     from .cache import concatenate
     from .datasets import DATASETS
-    from .protocols import DEFAULT_PROTOCOL, folds
+    from .protocols import DEFAULT_PROTOCOL
     from .train import train
 
     config = config_from_args(args)
@@ -112,13 +125,7 @@ def cmd_train(args) -> int:
     for name, root in _pairs(args):
         data = load_dataset(name, root, args.detector, args.gender_file, not args.no_progress)
         protocol = args.protocol or DEFAULT_PROTOCOL[name]
-        try:
-            fold_list = folds(protocol, data, seed=args.seed)
-        except ValueError as error:
-            raise CommandError(f"{name}: {error}") from error
-        if not 0 <= args.fold < len(fold_list):
-            raise CommandError(f"--fold {args.fold}: protocol {protocol} has {len(fold_list)} folds")
-        fold_name, train_index, test_index = fold_list[args.fold]
+        fold_name, train_index, test_index = pick_fold(name, data, protocol, args.fold, args.seed)
         train_parts.append(data.subset(train_index))
         val_parts.append(data.subset(test_index))
         names.append(f"{name}:{protocol}:{fold_name}")
@@ -180,15 +187,7 @@ def cmd_evaluate(args) -> int:
         raise CommandError(f"{args.root}: cannot tell the dataset layout; pass --dataset")
     data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json)
     if args.protocol:
-        from .protocols import folds
-
-        try:
-            fold_list = folds(args.protocol, data, seed=args.seed)
-        except ValueError as error:
-            raise CommandError(f"{name}: {error}") from error
-        if not 0 <= args.fold < len(fold_list):
-            raise CommandError(f"--fold {args.fold}: protocol {args.protocol} has {len(fold_list)} folds")
-        data = data.subset(fold_list[args.fold][2])
+        data = data.subset(pick_fold(name, data, args.protocol, args.fold, args.seed)[2])
     try:
         model, card = load_model(args.weights)
     except WeightsError as error:
@@ -226,7 +225,7 @@ def cmd_protocol(args) -> int:
     fold_list = folds(protocol, data, seed=args.seed)[: args.max_folds]
     out = Path(args.out)
     per_fold = []
-    true_ages, errors = [], []
+    true_ages, predicted_ages = [], []
     for fold_name, train_index, test_index in fold_list:
         try:
             result = train(config, data.subset(train_index), data.subset(test_index), out / fold_name,
@@ -238,13 +237,13 @@ def cmd_protocol(args) -> int:
         per_fold.append({"fold": fold_name, **metrics})
         with np.load(out / fold_name / "predictions.npz") as predictions:
             true_ages.append(predictions["age_true"])
-            errors.append(np.abs(predictions["age_pred"] - predictions["age_true"]))
+            predicted_ages.append(predictions["age_pred"])
     summary = mean_over_folds(per_fold)
     # LOPO folds hold a handful of images each: the literature pools the errors over all of them.
-    if errors:
-        all_true, all_errors = np.concatenate(true_ages), np.concatenate(errors)
-        summary["mae_pooled"] = float(all_errors.mean())
-        summary["mae_by_decade"] = mae_by_decade(all_true, all_true + all_errors)
+    if true_ages:
+        all_true, all_predicted = np.concatenate(true_ages), np.concatenate(predicted_ages)
+        summary["mae_pooled"] = float(np.abs(all_predicted - all_true).mean())
+        summary["mae_by_decade"] = mae_by_decade(all_true, all_predicted)
     report = {"dataset": args.dataset, "protocol": protocol, "model": args.model,
               "params": count_parameters(create_model(args.model, **config.model_args())),
               "init_weights": config.init_weights or None, "epochs": config.epochs, "images": len(data),

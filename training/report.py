@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import cumulative_accuracy, gender_confusion
+from .metrics import cumulative_accuracy, gender_confusion, mae_by_decade
 
 # The paper's numbers, quoted beside ours (Tables 1-5).
 PAPER_ROWS = {
@@ -69,7 +69,10 @@ def write_report(runs: list[Path], out: Path | None = None) -> str:
         lines.append(f"| {row['run']} | {row['model']} | {params / 1000:.1f}K | {row['dataset']} {row['protocol']} | "
                      f"{row['start']} | {row['n']} | {_fmt(row['mae'], '{:.2f}')} | {_fmt(accuracy, '{:.2f}')} | "
                      f"{_fmt(row['ca3'])} | {_fmt(row['ca5'])} | {wall} |")
-    lines += _decade_table(rows)
+    # Each run's predictions, read once for the per-decade table and the plots.
+    loaded = [(row["run"], _load_predictions(row["predictions"])) for row in rows]
+    loaded = [(name, p) for name, p in loaded if p]
+    lines += _decade_table(loaded)
     datasets = {row["dataset"] for row in rows}
     for dataset, paper_rows in PAPER_ROWS.items():
         if dataset in datasets:
@@ -79,39 +82,31 @@ def write_report(runs: list[Path], out: Path | None = None) -> str:
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(markdown)
-        _plots(rows, out)
+        _plots(loaded, out)
     return markdown
 
 
-def _decade_table(rows: list[dict]) -> list[str]:
+def _decade_table(loaded: list[tuple[str, dict]]) -> list[str]:
     """MAE per decade of true age, one column per run (pooled over all of a protocol's test faces)."""
-    per_run = []
-    for row in rows:
-        p = _load_predictions(row["predictions"])
-        if p:
-            decades = (p["age_true"] // 10).astype(int)
-            errors = np.abs(p["age_pred"] - p["age_true"])
-            per_run.append((row["run"], {int(d): (float(errors[decades == d].mean()), int((decades == d).sum()))
-                                         for d in np.unique(decades)}))
+    per_run = [(name, mae_by_decade(p["age_true"], p["age_pred"])) for name, p in loaded]
     if not per_run:
         return []
-    decades = sorted({d for _, table in per_run for d in table})
+    # mae_by_decade's keys are "0-9", "10-19", ...: order them by their first year.
+    decades = sorted({d for _, table in per_run for d in table}, key=lambda key: int(key.split("-")[0]))
     lines = ["", "MAE by decade of true age (faces):", "",
              "| Ages | " + " | ".join(name for name, _ in per_run) + " |", "|---|" + "---|" * len(per_run)]
     for d in decades:
-        cells = [f"{t[d][0]:.2f} ({t[d][1]})" if d in t else "-" for _, t in per_run]
-        lines.append(f"| {d * 10}-{d * 10 + 9} | " + " | ".join(cells) + " |")
+        cells = [f"{t[d]['mae']:.2f} ({t[d]['n']})" if d in t else "-" for _, t in per_run]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _plots(rows: list[dict], out: Path) -> None:
+def _plots(loaded: list[tuple[str, dict]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    loaded = [(row["run"], _load_predictions(row["predictions"])) for row in rows]
-    loaded = [(name, p) for name, p in loaded if p]
     if not loaded:
         return
     figure, axis = plt.subplots(figsize=(6, 4))

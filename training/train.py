@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agegender_ros.model import (AGE_BINS_RANGE, HEADS, MEAN_RGB, STD_RGB, AgeGenderModel, create_model,
+from agegender_ros.model import (HEADS, MEAN_RGB, STD_RGB, AgeGenderModel, age_bin_centres, create_model,
                                   normalise_crops_tensor)
 from agegender_ros.weights import load_model, save_weights
 
@@ -215,7 +215,7 @@ def label_distribution_loss(logits: torch.Tensor, ages: torch.Tensor, sigma: flo
     """KL divergence from a Gaussian label distribution around each true age (over the model's age bins) to the
     predicted one (DLDL): neighbouring ages share evidence, which suits noisy, apparent-age labels."""
     bins = logits.shape[1]
-    centres = torch.linspace(AGE_BINS_RANGE[0], AGE_BINS_RANGE[1], bins, device=logits.device)
+    centres = age_bin_centres(bins, logits.device)
     sigma = sigma or float(centres[1] - centres[0])
     target = torch.softmax(-(centres[None, :] - ages[:, None]) ** 2 / (2 * sigma ** 2), 1)
     return F.kl_div(torch.log_softmax(logits, 1), target, reduction="batchmean")
