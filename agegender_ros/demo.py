@@ -141,14 +141,8 @@ class EchoReader:
             self._cond.notify_all()
 
     def wait(self, stamp: tuple, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while stamp not in self.blocks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            return self.blocks[stamp]
+            return self.blocks[stamp] if self._cond.wait_for(lambda: stamp in self.blocks, timeout) else None
 
 
 def _start(command: list, limit_s: float, **kwargs) -> subprocess.Popen:

@@ -224,23 +224,15 @@ class Probe(Node):
 
     def wait_detections(self, stamp: tuple, timeout: float = 10.0):
         """The AgeGenderArray with this header stamp, or None after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while stamp not in self.detections:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            if not self._cond.wait_for(lambda: stamp in self.detections, timeout):
+                return None
             return self.detections[stamp][0]
 
     def wait_debug_image(self, stamp: tuple, timeout: float = 10.0):
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while stamp not in self.debug_images:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            if not self._cond.wait_for(lambda: stamp in self.debug_images, timeout):
+                return None
             return self.debug_images[stamp]
 
     def request(self, frame_bgr: np.ndarray, encoding: str = "bgr8", frame_id: str = "camera",
