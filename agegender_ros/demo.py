@@ -182,21 +182,23 @@ def _indented(text: str, prefix: str = "  | ") -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
 
 
-def _send_photo(probe, path: Path, timeout: float):
-    """Publish one photo and wait for the node's answer: (frame, stamp, AgeGenderArray), None for an unreadable
-    photo (said on stderr); TimeoutError (said on stderr) when the node does not answer."""
-    import cv2
+def _answered_photos(probe, photos: list, remaining):
+    """Publish each photo and wait for the node's answer; yields (path, frame, stamp, AgeGenderArray). An unreadable
+    photo is said on stderr and skipped; a node that does not answer is said on stderr and raises TimeoutError."""
+    from agegender_ros.faces import ImageReadError, read_image
 
-    frame = cv2.imread(str(path))
-    if frame is None:
-        print(f"# {path.name}: not readable, skipped", file=sys.stderr)
-        return None
-    try:
-        stamp, msg = probe.request(frame, "bgr8", frame_id=path.stem, timeout=timeout)
-    except TimeoutError as error:
-        print(f"error: {path.name}: {error}", file=sys.stderr)
-        raise
-    return frame, stamp, msg
+    for path in photos:
+        try:
+            frame = read_image(path)
+        except ImageReadError as error:
+            print(f"# {path.name}: skipped: {error.reason}", file=sys.stderr)
+            continue
+        try:
+            stamp, msg = probe.request(frame, "bgr8", frame_id=path.stem, timeout=max(5.0, remaining()))
+        except TimeoutError as error:
+            print(f"error: {path.name}: {error}", file=sys.stderr)
+            raise
+        yield path, frame, stamp, msg
 
 
 def _save_annotated(probe, stamp, out_dir: Path, path: Path) -> list:
@@ -281,14 +283,7 @@ def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, 
                           file=sys.stderr)
                     return 1
             print(f"$ {' '.join(echo_command)}", flush=True)
-            for path in photos:
-                try:
-                    sent = _send_photo(probe, path, max(5.0, remaining()))
-                except TimeoutError:
-                    return 1
-                if sent is None:
-                    continue
-                frame, stamp, msg = sent
+            for path, frame, stamp, msg in _answered_photos(probe, photos, remaining):
                 printed_text = reader.wait(stamp, max(5.0, min(15.0, remaining())))
                 print(f"# {path.name} ({frame.shape[1]}x{frame.shape[0]}): {len(msg.faces)} face(s) on "
                       "/agegender/detections, as `ros2 topic echo` printed it:")
@@ -299,6 +294,8 @@ def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, 
                 print("---", flush=True)
                 printed += 1
                 written += _save_annotated(probe, stamp, out_dir, path)
+    except TimeoutError:  # the node did not answer a photo (said by _answered_photos)
+        return 1
     finally:
         _stop(echo, 10.0)
         launch_rc = _stop(launch)
@@ -336,19 +333,15 @@ def run_in_process(args, photos: list, weights: str, note: str, out_dir: Path, s
         if not probe.wait_ready(max(5.0, remaining()), debug_image=True):
             print("error: the node and the demo publisher did not connect", file=sys.stderr)
             return 1
-        for path in photos:
-            try:
-                sent = _send_photo(probe, path, max(5.0, remaining()))
-            except TimeoutError:
-                return 1
-            if sent is None:
-                continue
-            frame, stamp, msg = sent
-            print(f"# {path.name} ({frame.shape[1]}x{frame.shape[0]}): {len(msg.faces)} face(s) on "
-                  "/agegender/detections")
-            print(message_to_yaml(msg))
-            print("---", flush=True)
-            written += _save_annotated(probe, stamp, out_dir, path)
+        try:
+            for path, frame, stamp, msg in _answered_photos(probe, photos, remaining):
+                print(f"# {path.name} ({frame.shape[1]}x{frame.shape[0]}): {len(msg.faces)} face(s) on "
+                      "/agegender/detections")
+                print(message_to_yaml(msg))
+                print("---", flush=True)
+                written += _save_annotated(probe, stamp, out_dir, path)
+        except TimeoutError:  # the node did not answer a photo (said by _answered_photos)
+            return 1
     print(f"wrote {len(written)} annotated frame(s) to {out_dir}/: " + ", ".join(p.name for p in written))
     print(f"done in {time.monotonic() - started:.1f} s")
     return 0 if len(written) == len(photos) else 1

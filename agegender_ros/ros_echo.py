@@ -14,7 +14,8 @@ import numpy as np
 
 
 def message_to_yaml(msg, indent: int = 0) -> str:
-    """A message as `ros2 topic echo` prints it (block YAML, fields in definition order), float32 shortest."""
+    """A message as `ros2 topic echo` prints it: block YAML, fields in definition order, and floats as Python prints
+    them (a float32 field as its exact double value, 0.10000000149011612 for 0.1, as the real echo does)."""
     lines: list = []
     _yaml_fields(msg, indent, lines)
     return "\n".join(lines)
@@ -24,7 +25,7 @@ def _yaml_scalar(value, ros_type: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return str(np.float32(value)) if ros_type == "float" else repr(value)
+        return repr(value)
     if isinstance(value, (bytes, bytearray)):
         return '"' + "".join(f"\\x{b:02x}" for b in value) + '"'
     if isinstance(value, str):

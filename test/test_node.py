@@ -143,6 +143,11 @@ def test_message_to_yaml_matches_ros2_topic_echo_layout():
     ]
     empty = m.faces_to_message(header, [], 640, 480)
     assert message_to_yaml(empty).splitlines()[-1] == "faces: []"
+    # A float32 field as a subscriber receives it (0.1 stored as float32) prints as the real echo prints it: the
+    # exact value, not a rounded one.
+    received = float(np.float32(0.1))
+    inexact = m.faces_to_message(header, [TrackedFace(3, (10, 20, 74, 68), received, 31.5, 2.25, 0.75, 1)], 640, 480)
+    assert "  score: 0.10000000149011612" in message_to_yaml(inexact).splitlines()
 
 
 def _fake_vision_msgs(v4: bool):
