@@ -316,3 +316,27 @@ def test_tight_crop_smears_the_margin_of_the_chosen_faces_only():
     x = augment_batch(crops, torch.Generator().manual_seed(2), True, tight_crop_p=1.0)
     assert x.shape == (8, 3, 64, 64) and torch.isfinite(x).all()
     assert not torch.equal(x, augment_batch(crops, torch.Generator().manual_seed(2), True, tight_crop_p=0.0))
+
+
+def test_age_balance_draws_rare_ages_more_often():
+    from training.train import age_sampling_weights
+
+    ages = np.array([25.0] * 90 + [70.0] * 10)  # a common and a rare 5-year bin
+    assert torch.allclose(age_sampling_weights(ages, 0.0), torch.ones(100, dtype=torch.float64))
+    full = age_sampling_weights(ages, 1.0)
+    assert full.mean() == pytest.approx(1.0)
+    assert full[:90].sum() == pytest.approx(full[90:].sum())  # power 1: each bin is drawn equally often
+    half = age_sampling_weights(ages, 0.5)
+    assert half[:90].sum() / half[90:].sum() == pytest.approx(3.0)  # sqrt(90) / sqrt(10)
+    draws = torch.multinomial(full, 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert 0.45 < float((draws >= 90).float().mean()) < 0.55
+
+
+def test_age_balanced_training_runs_and_is_recorded(tmp_path, morph_folder):
+    common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "1", "--batch-size", "8",
+              "--threads", "1", "--no-progress"]
+    result = agegender(*common, "--age-balance", "0.5", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["age_balance"] == 0.5
+    bad = agegender(*common, "--age-balance", "2", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "--age-balance: expected a power between 0 and 1, got 2.0" in bad.stderr

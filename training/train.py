@@ -58,6 +58,10 @@ class TrainConfig:
     age_bins: int = 0  # paper net only: 0 = regress each age (L1); K = label distribution over K bins (+ L1)
     age_sigma: float = 0.0  # label distribution width in years (0: the bin spacing)
     label_distribution_weight: float = 1.0  # weight of the distribution loss next to each head's age L1
+    # Sample each face with probability proportional to (faces in its 5-year age bin)^-age_balance: 0 = every face
+    # once per epoch (the paper), 1 = every age bin equally often. Counters the pull towards the training sets'
+    # mean age that shows as overestimated children and underestimated elderly on faces from elsewhere.
+    age_balance: float = 0.0
     threads: int = 0  # CPU threads (0: torch default)
     device: str = "auto"
     amp: bool = True  # on CUDA only
@@ -129,6 +133,14 @@ def tight_crop(grid: torch.Tensor, p: float, generator: torch.Generator | None) 
     low = -edges[:, None, None, :2]  # left, top
     high = edges[:, None, None, 2:]  # right, bottom
     return torch.maximum(torch.minimum(grid, high), low)
+
+
+def age_sampling_weights(ages: np.ndarray, power: float, bin_years: float = 5.0) -> torch.Tensor:
+    """Per-face sampling weight (faces in its bin_years age bin)^-power, normalised to a mean of 1."""
+    bins = np.floor(np.asarray(ages, np.float64) / bin_years).astype(np.int64)
+    _, inverse, counts = np.unique(bins, return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** -float(power)
+    return torch.from_numpy(weights / weights.mean())
 
 
 def _chosen(n: int, p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -345,7 +357,8 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         if rank == 0:
             log.info("resumed %s at epoch %d", checkpoint_path, start_epoch)
     elif resume:
-        log.warning("--resume: no checkpoint at %s, starting from scratch", checkpoint_path)
+        log.warning("--resume: no checkpoint at %s, starting at epoch 0 (%s)", checkpoint_path,
+                    f"from {config.init_weights}" if config.init_weights else "random initialisation")
 
     train_model = model
     if world > 1:
@@ -354,6 +367,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     crops = torch.from_numpy(train_set.crops).to(device)
     ages = torch.from_numpy(train_set.ages).to(device)
     genders = torch.from_numpy(train_set.genders.astype(np.int64)).to(device)
+    sampling_weights = age_sampling_weights(train_set.ages, config.age_balance) if config.age_balance else None
     writer = None
     if rank == 0:
         try:
@@ -368,7 +382,10 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         epoch_seed = config.seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
         generator = torch.Generator().manual_seed(epoch_seed)
-        permutation = torch.randperm(len(train_set), generator=generator)
+        if sampling_weights is None:
+            permutation = torch.randperm(len(train_set), generator=generator)
+        else:  # an epoch of as many draws as faces, rare ages drawn more often
+            permutation = torch.multinomial(sampling_weights, len(train_set), replacement=True, generator=generator)
         permutation = permutation[: steps_per_epoch * config.batch_size * world][rank::world].to(device)
         train_model.train()
         started, seen, loss_sum = time.time(), 0, 0.0
