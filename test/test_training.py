@@ -146,6 +146,13 @@ def test_evaluate_json_on_a_flat_folder_of_morph_and_utk_named_files(tmp_path, m
     metrics = json.loads(result.stdout)
     assert metrics["n"] == 240 and 230 <= metrics["detected"] <= 240 and metrics["dataset"] == "morph2"
     assert {"mae", "gender_acc", "ca3", "ca5"} <= set(metrics)
+    # Per decade of true age: faces, MAE and bias (mean signed error), consistent with the totals.
+    decades = metrics["by_decade"]
+    assert sum(row["n"] for row in decades.values()) == 240
+    assert sum(row["mae"] * row["n"] for row in decades.values()) / 240 == pytest.approx(metrics["mae"], rel=1e-6)
+    assert all(abs(row["bias"]) <= row["mae"] + 1e-9 for row in decades.values())
+    table = agegender("evaluate", "--root", morph_folder, "--weights", random_weights)
+    assert table.returncode == 0 and "ages     faces    MAE   bias (+ = predicted too old)" in table.stdout
     utk = tmp_path / "utk"
     utk.mkdir()
     for path in sorted(shared("utkface/crop_part1").glob("*.jpg"))[:30]:

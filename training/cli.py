@@ -203,13 +203,17 @@ def cmd_evaluate(args) -> int:
     out = {"n": metrics["n"], "detected": int(data.detected.sum()), "mae": metrics["mae"],
            "gender_acc": metrics["gender_acc"], "ca3": metrics["ca3"], "ca5": metrics["ca5"],
            "failed": len(data.failed), "dataset": name, "flip_tta": args.flip_tta,
-           "faces": f"held-out side of {args.protocol} fold {args.fold}" if args.protocol else "all"}
+           "faces": f"held-out side of {args.protocol} fold {args.fold}" if args.protocol else "all",
+           "by_decade": metrics["mae_by_decade"]}
     if args.json:
         print(json.dumps(out))
-    else:
-        for key, value in out.items():
+        return 0
+    for key, value in out.items():
+        if key != "by_decade":
             print(f"{key}: {value}")
-        print("MAE by decade:", json.dumps(metrics["mae_by_decade"]))
+    print("ages     faces    MAE   bias (+ = predicted too old)")
+    for decade, row in out["by_decade"].items():
+        print(f"{decade:7s} {row['n']:6d} {row['mae']:6.2f} {row['bias']:+6.2f}")
     return 0
 
 

@@ -29,10 +29,16 @@ def age_gender_metrics(age_true, age_pred, gender_true, p_male, ca_years=(3, 5))
 
 
 def mae_by_decade(age_true: np.ndarray, age_pred: np.ndarray) -> dict[str, dict]:
-    errors = np.abs(np.asarray(age_pred) - np.asarray(age_true))
+    """Per decade of true age: faces, MAE, and bias (mean signed error, + = too old), which shows a pull towards
+    the training data's mean age that the MAE alone hides."""
+    errors = np.asarray(age_pred, np.float64) - np.asarray(age_true, np.float64)
     decades = (np.asarray(age_true) // 10).astype(int)
-    return {f"{d * 10}-{d * 10 + 9}": {"n": int((decades == d).sum()), "mae": float(errors[decades == d].mean())}
-            for d in np.unique(decades)}
+    rows = {}
+    for d in np.unique(decades):
+        in_decade = errors[decades == d]
+        rows[f"{d * 10}-{d * 10 + 9}"] = {"n": int(in_decade.size), "mae": float(np.abs(in_decade).mean()),
+                                          "bias": float(in_decade.mean())}
+    return rows
 
 
 def gender_confusion(gender_true, p_male) -> list[list[int]]:
