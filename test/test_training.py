@@ -347,3 +347,32 @@ def test_age_balanced_training_runs_and_is_recorded(tmp_path, morph_folder):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["age_balance"] == 0.5
     bad = agegender(*common, "--age-balance", "2", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "--age-balance: expected a power between 0 and 1, got 2.0" in bad.stderr
+
+
+def test_distillation_mixes_label_and_teacher_targets():
+    outputs = {"final_age": torch.tensor([30.0, 50.0]), "final_gender": torch.tensor([0.0, 0.0])}
+    ages, genders = torch.tensor([30.0, 40.0]), torch.tensor([1, -1])
+    teacher = (torch.tensor([20.0, 50.0]), torch.tensor([1.0, 0.0]))
+    labels_only = TrainConfig(loss_weights={"final": 1.0}, age_loss_scale=0.1)
+    plain, _ = multitask_loss(outputs, ages, genders, labels_only)
+    same, _ = multitask_loss(outputs, ages, genders, TrainConfig(loss_weights={"final": 1.0}, age_loss_scale=0.1,
+                                                                  distill_weight=0.0), teacher)
+    assert float(same) == pytest.approx(float(plain))
+    full = TrainConfig(loss_weights={"final": 1.0}, age_loss_scale=0.1, distill_weight=1.0)
+    _, parts = multitask_loss(outputs, ages, genders, full, teacher)
+    assert parts["final_age"] == pytest.approx(0.5)  # |30-20| and |50-50| in decades, the labels ignored
+    assert parts["final_gender"] == pytest.approx(float(np.log(2)))  # logit 0 against 1 and 0: both faces count
+    half = TrainConfig(loss_weights={"final": 1.0}, age_loss_scale=0.1, distill_weight=0.5)
+    total, parts = multitask_loss(outputs, ages, genders, half, teacher)
+    assert parts["final_age"] == pytest.approx(0.5 * 0.5 + 0.5 * 0.5)
+
+
+def test_distilled_training_runs_from_the_cli(tmp_path, morph_folder, random_weights):
+    common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "1", "--batch-size", "8",
+              "--threads", "1", "--no-progress"]
+    result = agegender(*common, "--teacher", f"{random_weights},{random_weights}", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["teacher"] == f"{random_weights},{random_weights}" and config["distill_weight"] == 0.5
+    missing = agegender(*common, "--teacher", tmp_path / "nope.pt", "--out", tmp_path / "bad")
+    assert missing.returncode == 2 and f"--teacher {tmp_path / 'nope.pt'}: no such weight file" in missing.stderr

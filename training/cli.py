@@ -53,6 +53,10 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--age-balance", type=float, default=defaults.age_balance,
                         help="sample faces with probability (faces in their 5-year age bin)^-P: 0 = each face once "
                         "per epoch, 1 = every age bin equally often")
+    parser.add_argument("--teacher", default="", help="knowledge distillation: comma-separated weight files whose "
+                        "mean age and P(male) on each training batch are a second target (training only)")
+    parser.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
+                        help="with --teacher: the teachers' share of each loss (0-1; the labels get the rest)")
     parser.add_argument("--init-weights", default="", help="start from these weights (pretraining + fine-tuning, "
                         "e.g. FG-NET LOPO folds fine-tuned from a model trained on another dataset)")
     parser.add_argument("--seed", type=int, default=0)
@@ -68,13 +72,18 @@ def config_from_args(args):
         weights = {k: float(v) for k, v in (item.split("=") for item in args.loss_weights.split(",") if item)}
     except ValueError as error:
         raise CommandError(f"--loss-weights: expected head=weight,... got {args.loss_weights!r}") from error
+    if not 0.0 <= args.distill_weight <= 1.0:
+        raise CommandError(f"--distill-weight: expected a share between 0 and 1, got {args.distill_weight}")
+    for teacher in (p.strip() for p in args.teacher.split(",") if p.strip()):
+        if not Path(teacher).is_file():
+            raise CommandError(f"--teacher {teacher}: no such weight file")
     if not 0.0 <= args.age_balance <= 1.0:
         raise CommandError(f"--age-balance: expected a power between 0 and 1, got {args.age_balance}")
     return TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
                        camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p, age_bins=args.age_bins,
                        age_balance=args.age_balance, seed=args.seed, threads=args.threads, device=args.device,
-                       init_weights=args.init_weights)
+                       init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight)
 
 
 def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):

@@ -62,6 +62,11 @@ class TrainConfig:
     # once per epoch (the paper), 1 = every age bin equally often. Counters the pull towards the training sets'
     # mean age that shows as overestimated children and underestimated elderly on faces from elsewhere.
     age_balance: float = 0.0
+    # Knowledge distillation: comma-separated weight files whose averaged (age, P(male)) on each augmented batch
+    # are a second target for every head, mixed with the labels at distill_weight. Training only: the teachers
+    # never ship, and they need not share the student's architecture.
+    teacher: str = ""
+    distill_weight: float = 0.5
     threads: int = 0  # CPU threads (0: torch default)
     device: str = "auto"
     amp: bool = True  # on CUDA only
@@ -201,26 +206,59 @@ def _jpeg(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
 
 
 def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders: torch.Tensor,
-                   config: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum over heads of age L1 (MAE) and gender BCE; faces with unknown gender (-1) skip the BCE."""
+                   config: TrainConfig, teacher: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum over heads of age L1 (MAE) and gender BCE; faces with unknown gender (-1) skip the BCE.
+
+    teacher = (age, P(male)) from the teachers: each head's loss becomes (1 - a) x (loss to the labels) + a x (loss
+    to the teacher), a = config.distill_weight; the teacher's P(male) also covers faces without a gender label."""
     known = genders >= 0
     total = torch.zeros((), device=ages.device)
     parts = {}
+    a = config.distill_weight if teacher is not None else 0.0
     for head in HEADS:
         weight = float(config.loss_weights.get(head, 0.0))
         if f"{head}_age" in outputs:
             loss = F.l1_loss(outputs[f"{head}_age"], ages) * config.age_loss_scale
+            if teacher is not None:
+                distilled = F.l1_loss(outputs[f"{head}_age"], teacher[0]) * config.age_loss_scale
+                parts[f"{head}_age_distilled"] = float(distilled.detach())
+                loss = (1 - a) * loss + a * distilled
             if f"{head}_age_logits" in outputs:
                 distribution = label_distribution_loss(outputs[f"{head}_age_logits"], ages, config.age_sigma)
                 parts[f"{head}_age_distribution"] = float(distribution.detach())
                 loss = loss + config.label_distribution_weight * distribution
             total = total + weight * loss
             parts[f"{head}_age"] = float(loss.detach())
-        if f"{head}_gender" in outputs and known.any():
-            loss = F.binary_cross_entropy_with_logits(outputs[f"{head}_gender"][known], genders[known].float())
+        if f"{head}_gender" in outputs and (known.any() or teacher is not None):
+            loss = torch.zeros((), device=ages.device)
+            if known.any():
+                loss = F.binary_cross_entropy_with_logits(outputs[f"{head}_gender"][known], genders[known].float())
+            if teacher is not None:
+                distilled = F.binary_cross_entropy_with_logits(outputs[f"{head}_gender"], teacher[1])
+                parts[f"{head}_gender_distilled"] = float(distilled.detach())
+                loss = (1 - a) * loss + a * distilled
             total = total + weight * loss
             parts[f"{head}_gender"] = float(loss.detach())
     return total, parts
+
+
+def load_teachers(paths: str, device: torch.device) -> list[AgeGenderModel]:
+    """The distillation teachers named in TrainConfig.teacher, in eval mode, frozen."""
+    teachers = []
+    for path in (p.strip() for p in paths.split(",") if p.strip()):
+        teacher = load_model(path)[0].to(device).eval()
+        teacher.requires_grad_(False)
+        teachers.append(teacher)
+    return teachers
+
+
+@torch.no_grad()
+def teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teachers' mean (age, P(male)) for a batch of network inputs."""
+    predictions = [teacher.predict(x)[:2] for teacher in teachers]
+    return (torch.stack([age for age, _ in predictions]).mean(0).float(),
+            torch.stack([p for _, p in predictions]).mean(0).float())
 
 
 def label_distribution_loss(logits: torch.Tensor, ages: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
@@ -368,6 +406,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     ages = torch.from_numpy(train_set.ages).to(device)
     genders = torch.from_numpy(train_set.genders.astype(np.int64)).to(device)
     sampling_weights = age_sampling_weights(train_set.ages, config.age_balance) if config.age_balance else None
+    teachers = load_teachers(config.teacher, device) if config.teacher else []
     writer = None
     if rank == 0:
         try:
@@ -401,7 +440,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = train_model(x)
             loss, parts = multitask_loss({k: v.float() for k, v in outputs.items()}, ages[index], genders[index],
-                                         config)
+                                         config, teacher_targets(teachers, x) if teachers else None)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
