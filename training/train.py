@@ -6,6 +6,9 @@ greyscale; optionally smeared tight-crop margins and other cameras' degradations
 runtime's own constants. Every epoch's shuffle, augmentation and dropout are seeded by (seed, epoch), so a run
 resumed from its last checkpoint replays exactly what an uninterrupted run does.
 
+Options beyond the paper's recipe, each measured in docs/results.md: label-distribution age heads (age_bins),
+age-balanced sampling (age_balance) and knowledge distillation from frozen teachers (teacher).
+
 Multi-GPU / multi-machine: start with `torchrun --nproc-per-node N -m training.cli train ...`; each rank takes
 its share of every epoch's permutation and DistributedDataParallel averages gradients. Only rank 0 writes.
 """

@@ -1,0 +1,35 @@
+"""MAE, bias and gender accuracy on the held-out UTKFace fifth by UTKFace's race label and age band (docs/results.md).
+
+    .venv/bin/python docs/utk_bias.py WEIGHTS.pt
+
+UTKFace names carry a race field (0 White, 1 Black, 2 Asian, 3 Indian, 4 Others); the faces are those that
+`agegender evaluate --protocol random80` scores. A one-off analysis, not part of the package.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agegender_ros.weights import load_model
+from training.cli import load_dataset, pick_fold
+from training.train import predict_crops
+
+RACES = ("White", "Black", "Asian", "Indian", "Others")
+BANDS = ((0, 20), (20, 40), (40, 60), (60, 120))
+
+model, _ = load_model(sys.argv[1])
+data = load_dataset("utkface", "../shared/data/utkface_aligned", "scrfd", progress=False)
+data = data.subset(pick_fold("utkface", data, "random80", 0, 0)[2])
+age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"))
+race = np.array([int(Path(p).name.split("_")[2]) for p in data.paths])
+error = age - data.ages
+print("| race | ages | faces | MAE | bias | gender |\n|---|---|---|---|---|---|")
+for r, name in enumerate(RACES):
+    for low, high in BANDS:
+        chosen = (race == r) & (data.ages >= low) & (data.ages < high)
+        if chosen.sum() >= 20:
+            gender = ((p_male[chosen] >= 0.5) == (data.genders[chosen] == 1)).mean()
+            ages = f"{low}–{high - 1}" if high < 120 else f"{low}+"
+            print(f"| {name} | {ages} | {chosen.sum()} | {np.abs(error[chosen]).mean():.2f} "
+                  f"| {error[chosen].mean():+.2f} | {100 * gender:.1f}% |")
