@@ -66,7 +66,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    from .train import TrainConfig
+    from .train import TrainConfig, teacher_paths
 
     try:
         weights = {k: float(v) for k, v in (item.split("=") for item in args.loss_weights.split(",") if item)}
@@ -74,7 +74,7 @@ def config_from_args(args):
         raise CommandError(f"--loss-weights: expected head=weight,... got {args.loss_weights!r}") from error
     if not 0.0 <= args.distill_weight <= 1.0:
         raise CommandError(f"--distill-weight: expected a share between 0 and 1, got {args.distill_weight}")
-    for teacher in (p.strip() for p in args.teacher.split(",") if p.strip()):
+    for teacher in teacher_paths(args.teacher):
         if not Path(teacher).is_file():
             raise CommandError(f"--teacher {teacher}: no such weight file")
     if not 0.0 <= args.age_balance <= 1.0:

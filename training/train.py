@@ -246,10 +246,15 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     return total, parts
 
 
-def load_teachers(paths: str, device: torch.device) -> list[AgeGenderModel]:
+def teacher_paths(teacher: str) -> list[str]:
+    """The weight files named in TrainConfig.teacher (comma-separated)."""
+    return [path.strip() for path in teacher.split(",") if path.strip()]
+
+
+def load_teachers(teacher: str, device: torch.device) -> list[AgeGenderModel]:
     """The distillation teachers named in TrainConfig.teacher, in eval mode, frozen."""
     teachers = []
-    for path in (p.strip() for p in paths.split(",") if p.strip()):
+    for path in teacher_paths(teacher):
         teacher = load_model(path)[0].to(device).eval()
         teacher.requires_grad_(False)
         teachers.append(teacher)
