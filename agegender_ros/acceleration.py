@@ -36,8 +36,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("export", help="export the network as ONNX (dynamic batch) or a TensorRT engine (torch2trt)")
     p.add_argument("--format", required=True, choices=["onnx", "tensorrt"])
     p.add_argument("--weights", help="model .pt with its .json card beside it (default: the package's)")
-    p.add_argument("--out", help="output file (default: ONNX beside the weights; the engine in its cache beside "
-                                 "the weights, or in $AGEGENDER_CACHE/tensorrt when that folder is read-only)")
+    p.add_argument("--out", help="output file (default: ONNX beside the weights, NAME.onnx, with its sha256 recorded "
+                                 "in the model card, as the package ships it; the engine in its cache beside the "
+                                 "weights, or in $AGEGENDER_CACHE/tensorrt when that folder is read-only)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--fp32", action="store_true", help="TensorRT: build an FP32 engine (default FP16)")
     p.add_argument("--max-batch-size", type=int, default=32, help="TensorRT: largest batch of one engine call")
@@ -74,17 +75,31 @@ def quiet_tracer():
 
 
 def cmd_export(args) -> int:
-    from .backends import BackendUnavailable, export_onnx
+    from .backend_common import BackendUnavailable
     from .cli import CommandError
-    from .weights import WeightsError, default_weights_path, load_model
+    from .weights import WeightsError, default_weights_path, export_onnx_beside, load_model, onnx_beside
 
     weights_path = Path(args.weights) if args.weights else default_weights_path()
+    if args.format == "onnx" and (not args.out or Path(args.out).resolve() == onnx_beside(weights_path).resolve()):
+        # Beside the weights: the file the ONNX Runtime backend runs, so its sha256 goes into the model card.
+        try:
+            with quiet_tracer():
+                entry = export_onnx_beside(args.weights, opset=args.opset)
+        except WeightsError as error:
+            raise CommandError(str(error)) from error
+        except OSError as error:
+            raise CommandError(f"{onnx_beside(weights_path)}: cannot write ({error.strerror or error})") from error
+        print(onnx_beside(weights_path))
+        print(f"sha256 {entry['sha256']} recorded in {weights_path.with_suffix('.json')}", file=sys.stderr)
+        return 0
     try:
         model, _card = load_model(args.weights)
     except WeightsError as error:
         raise CommandError(str(error)) from error
     if args.format == "onnx":
-        out = Path(args.out) if args.out else weights_path.with_suffix(".onnx")
+        from .torch_backend import export_onnx
+
+        out = Path(args.out)
         try:
             with quiet_tracer():
                 path = export_onnx(model, out, opset=args.opset)
@@ -149,7 +164,8 @@ def measure_backend(backend, batch_sizes: List[int], seconds: float, repeats: in
 
 def make_backend(name: str, model, weights_path: Path, workdir: Path, *, threads: int = 0, torch_device: str = "cpu",
                  max_batch_size: int = 32, label: str = "paper"):
-    from .backends import BackendUnavailable, OnnxRuntimeBackend, TorchBackend, export_onnx
+    from .backends import BackendUnavailable, OnnxRuntimeBackend
+    from .torch_backend import TorchBackend, export_onnx
 
     if name == "torch":
         return TorchBackend(copy.deepcopy(model), torch_device)  # moving it to a device must not move `model`

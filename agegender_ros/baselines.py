@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import AgeGenderModel, register_model
+from .model_base import AgeGenderModel, register_model
 
 __all__ = [
     "SSRNet",

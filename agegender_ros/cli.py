@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -17,6 +18,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
 # Modules that contribute subcommands; a missing optional one (e.g. `training` outside a source install) is skipped.
 COMMAND_MODULES = ("agegender_ros.acceleration", "agegender_ros.bag", "training.cli", "training.annotate_gender")
+# Those that need PyTorch to build their options: left out, and named in the help, where torch is not installed.
+TORCH_COMMAND_MODULES = ("training.cli", "training.annotate_gender")
+# The commands defined here need none of COMMAND_MODULES: running one does not import them (nor torch through them).
+CORE_COMMANDS = ("info", "predict", "fetch-detector")
 
 
 class CommandError(RuntimeError):
@@ -50,10 +55,14 @@ def build_estimator(args):
     from .weights import WeightsError
 
     try:
-        return Estimator.create(weights=args.weights, detector=args.detector, backend=args.backend,
-                                flip_tta=getattr(args, "flip_tta", False))
+        estimator = Estimator.create(weights=args.weights, detector=args.detector, backend=args.backend,
+                                     flip_tta=getattr(args, "flip_tta", False))
     except (WeightsError, DetectorUnavailable, BackendUnavailable) as error:
         raise CommandError(str(error)) from error
+    if args.backend == "auto":  # say what `auto` picked (-v also logs why the ones before it were skipped)
+        print(f"agegender: network backend {estimator.backend.name} (auto: tensorrt -> onnxruntime -> torch)",
+              file=sys.stderr, flush=True)
+    return estimator
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -181,11 +190,19 @@ def cmd_fetch_detector(args) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agegender", description="Age and gender from faces: the paper's "
-                                     "99k-parameter multi-task CNN, its training and its ROS 2 node.")
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with a `command` from CORE_COMMANDS, one without the other modules' subcommands."""
+    from .backend_common import TORCH_INSTALL_HINT
+
+    without_torch = importlib.util.find_spec("torch") is None
+    parser = argparse.ArgumentParser(
+        prog="agegender", description="Age and gender from faces: the paper's 99k-parameter multi-task CNN, its "
+        "training and its ROS 2 node.", epilog=(f"Training commands (train, evaluate, protocol, report, "
+                                                f"annotate-gender) need PyTorch: {TORCH_INSTALL_HINT}")
+        if without_torch else None)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is picked and why")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.command_names = sub.choices  # name -> subparser, filled below
 
     p = sub.add_parser("info", help="parameters, FLOPs and weights of a model")
     p.add_argument("--model", default="paper", help="registry name (see `agegender info --model x` for the list)")
@@ -208,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_detector)
 
     for module_name in COMMAND_MODULES:
+        if command in CORE_COMMANDS or (without_torch and module_name in TORCH_COMMAND_MODULES):
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -219,13 +238,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(command)
+    if command and command not in parser.command_names and importlib.util.find_spec("torch") is None:
+        from .backend_common import TORCH_INSTALL_HINT
+
+        print(f"error: `agegender {command}` is not available here (the training commands need PyTorch, which is "
+              f"not installed: {TORCH_INSTALL_HINT})", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:  # an optional part (training, export, --backend torch) without PyTorch
+        from .backend_common import TORCH_INSTALL_HINT, torch_missing
+
+        if not torch_missing(error):
+            raise
+        print(f"error: `agegender {args.command}` needs PyTorch, which is not installed: {TORCH_INSTALL_HINT}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

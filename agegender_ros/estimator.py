@@ -12,7 +12,7 @@ import numpy as np
 
 from .backends import Backend, create_backend
 from .faces import FaceDetector, align_crop, create_detector
-from .model import normalise_crops
+from .model_io import normalise_crops
 
 log = logging.getLogger(__name__)
 

@@ -24,18 +24,13 @@ never special-case one: `forward(x) -> dict[str, Tensor]` with keys `<head>_age`
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-INPUT_SIZE = 64
-# Inputs are RGB in [0, 1], normalised per channel with these (ImageNet) statistics; recorded in the model card.
-MEAN_RGB = (0.485, 0.456, 0.406)
-STD_RGB = (0.229, 0.224, 0.225)
-# Age regressors output a raw value r; age = AGE_OFFSET + AGE_SCALE * r keeps r near unit scale for training.
-AGE_OFFSET = 35.0
-AGE_SCALE = 20.0
+from . import baselines  # noqa: F401  (registers the comparison models; it imports model_base, never this module)
+from .model_base import _REGISTRY, AgeGenderModel, ensemble, register_model  # noqa: F401  (re-exported)
+# The torch-free input/output contract (used by the runtime without torch), re-exported for training and export.
+from .model_io import AGE_OFFSET, AGE_SCALE, INPUT_SIZE, MEAN_RGB, STD_RGB, normalise_crops  # noqa: F401
 
 HEADS = ("final", "virtual", "low")
 # Centres of the first and last age bin (years) when a model predicts age as a distribution over bins.
@@ -61,57 +56,6 @@ class ConvBNAct(nn.Sequential):
 
 def _pool(x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-
-
-class AgeGenderModel(nn.Module):
-    """Base class fixing the output contract; subclasses implement `forward`."""
-
-    # Heads this model produces, in the order their members are ensembled by `predict`.
-    heads: tuple[str, ...] = ("final",)
-
-    def __init__(self, ensemble_weights: dict[str, float] | None = None):
-        super().__init__()
-        weights = ensemble_weights or {}
-        self.register_buffer(
-            "ensemble_age_weights", torch.tensor([float(weights.get(h, 1.0)) for h in self.heads]), persistent=True
-        )
-        self.register_buffer(
-            "ensemble_gender_weights", torch.tensor([float(weights.get(h, 1.0)) for h in self.heads]), persistent=True
-        )
-
-    @staticmethod
-    def to_age(raw: torch.Tensor) -> torch.Tensor:
-        return AGE_OFFSET + AGE_SCALE * raw.squeeze(-1)
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return ensemble(self(x), self.heads, self.ensemble_age_weights, self.ensemble_gender_weights)
-
-
-def ensemble(
-    outputs: dict[str, torch.Tensor],
-    heads: tuple[str, ...],
-    age_weights: torch.Tensor,
-    gender_weights: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weighted mean of the heads' ages and P(male); the ages' (unweighted) standard deviation as uncertainty.
-
-    A head that lacks an output (e.g. the gender-only virtual head has no age) is left out of that mean.
-    """
-    ages, age_w, probs, prob_w = [], [], [], []
-    for i, head in enumerate(heads):
-        if f"{head}_age" in outputs:
-            ages.append(outputs[f"{head}_age"])
-            age_w.append(age_weights[i])
-        if f"{head}_gender" in outputs:
-            probs.append(torch.sigmoid(outputs[f"{head}_gender"]))
-            prob_w.append(gender_weights[i])
-    age_stack, p_stack = torch.stack(ages, 1), torch.stack(probs, 1)
-    aw, pw = torch.stack(age_w), torch.stack(prob_w)
-    age = (age_stack * aw).sum(1) / aw.sum()
-    p_male = (p_stack * pw).sum(1) / pw.sum()
-    age_std = age_stack.std(1, unbiased=False)  # 0 for a single-head model
-    return age.clamp(0.0, 100.0), p_male, age_std
 
 
 class PaperNet(AgeGenderModel):
@@ -191,25 +135,12 @@ class PaperNet(AgeGenderModel):
         return outputs
 
 
-# --- registry (one place that maps a name to a constructor; baselines register themselves on import) -------------
-
-_REGISTRY: dict[str, Callable[..., AgeGenderModel]] = {}
-
-
-def register_model(name: str):
-    def add(constructor: Callable[..., AgeGenderModel]):
-        _REGISTRY[name] = constructor
-        return constructor
-
-    return add
-
+# --- registry (model_base.py holds it; importing `baselines` above registered the comparison models) ------------
 
 register_model("paper")(PaperNet)
 
 
 def available_models() -> list[str]:
-    from . import baselines  # noqa: F401  (registers the comparison models)
-
     return sorted(_REGISTRY)
 
 
@@ -237,16 +168,7 @@ def count_flops_per_face(model: nn.Module) -> float:
     return float(counter.get_total_flops())
 
 
-# --- input normalisation (the one definition used by inference backends and by training) -----------------------
-
-def normalise_crops(crops_bgr: "np.ndarray") -> "np.ndarray":
-    """N x 64 x 64 x 3 BGR uint8 crops -> N x 3 x 64 x 64 float32 network input (RGB, [0,1], mean/std)."""
-    import numpy as np
-
-    rgb = crops_bgr[..., ::-1].astype(np.float32) / 255.0
-    rgb = (rgb - np.asarray(MEAN_RGB, np.float32)) / np.asarray(STD_RGB, np.float32)
-    return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))
-
+# --- input normalisation: `normalise_crops` (numpy, model_io.py) for inference, its torch twin for training ----
 
 def normalise_crops_tensor(crops_bgr: torch.Tensor) -> torch.Tensor:
     """Torch twin of `normalise_crops` for uint8 N x H x W x 3 BGR tensors already on the training device."""

@@ -1,7 +1,8 @@
 """TensorRT backend through torch2trt (Jetson): FP16 engine of the network, cached next to the weights.
 
 Only this module imports `tensorrt` / `torch2trt`, and only when a TensorRT backend is asked for, so every other
-part of the package works where they are missing.
+part of the package works where they are missing. It imports `backend_common`, never `backends` (which imports this
+module when TensorRT is asked for): the dependency runs one way.
 
 What runs where: torch2trt converts the network's `forward` (convolutions, BatchNorm, LeakyReLU, pooling, linear
 layers: all layers torch2trt has converters for) into an engine; the ensemble of the heads' outputs (`model.ensemble`,
@@ -9,8 +10,8 @@ a weighted mean of a few numbers per face) runs in torch on the GPU after it. Th
 ops torch2trt supports on every version (it has no converter for `std`, used for the ensemble's age spread).
 
 Engine cache: `<weights stem>-<key>.trt.pth` (the torch2trt `TRTModule` state dict) plus a `.json` sidecar beside
-it, in the weights' folder, or in `backends.cache_dir()/tensorrt` when that folder is not writable. The key hashes
-the weights' sha256, the TensorRT version, the GPU's name, the precision and the max batch size
+it, in the weights' folder, or in `backend_common.cache_dir()/tensorrt` when that folder is not writable. The
+key hashes the weights' sha256, the TensorRT version, the GPU's name, the precision and the max batch size
 (`engine_cache_key`): other weights, another TensorRT, another GPU or another precision give another key, so a
 stale engine is never found by name; an engine whose sidecar does not match the expected fields (or whose own
 sha256 does not match its sidecar's) is rebuilt, never silently used.
@@ -29,7 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from .backends import BackendUnavailable, cache_dir
+from .backend_common import BackendUnavailable, cache_dir
 from .model import INPUT_SIZE, AgeGenderModel, ensemble
 from .weights import sha256_file
 

@@ -1,8 +1,13 @@
-"""Weights on disk: a state dict (`NAME.pt`) plus a JSON model card (`NAME.json`) beside it.
+"""Weights on disk: a state dict (`NAME.pt`), a JSON model card (`NAME.json`) beside it, and for shipped weights
+their ONNX export (`NAME.onnx`, what the torch-free runtime runs).
 
-The card records what a user needs to trust the file: architecture and its arguments, input size and
-normalisation, crop settings, training data and licence, measured metrics, and the sha256 of the .pt file (checked
-on load, so a truncated or swapped file is caught before torch sees it).
+The card records what a user needs to trust the files: architecture and its arguments, input size and
+normalisation, crop settings, training data and licence, measured metrics, the sha256 of the .pt file and, under
+`onnx`, the ONNX file's name, sha256 and the .pt sha256 it was exported from. Both hashes are checked on load, so a
+truncated or swapped file is caught before torch or ONNX Runtime sees it.
+
+Only `save_weights`, `load_model` and `export_onnx_beside` need torch (imported when called); reading and checking
+cards and files does not.
 """
 from __future__ import annotations
 
@@ -10,13 +15,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from . import faces
-from .model import AGE_OFFSET, AGE_SCALE, INPUT_SIZE, MEAN_RGB, STD_RGB, AgeGenderModel, count_flops_per_face, \
-    count_parameters, create_model
+from .backend_common import TORCH_INSTALL_HINT, torch_missing
+from .model_io import AGE_OFFSET, AGE_SCALE, INPUT_SIZE, MEAN_RGB, STD_RGB
+
+if TYPE_CHECKING:  # annotations only: importing the model needs torch
+    from .model import AgeGenderModel
 
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS_NAME = "paper_aaf_utk.pt"
@@ -44,6 +50,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def save_weights(model: AgeGenderModel, path: str | os.PathLike, card: dict[str, Any]) -> dict[str, Any]:
     """Write the state dict atomically, then its card (with sha256, params, FLOPs filled in). Returns the card."""
+    import torch
+
+    from .model import count_flops_per_face, count_parameters
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -87,8 +97,9 @@ def read_card(weights_path: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
-def load_model(weights_path: str | os.PathLike | None = None) -> tuple[AgeGenderModel, dict[str, Any]]:
-    """The model in eval mode and its card, from `weights_path` or the package's default weights."""
+def check_weights(weights_path: str | os.PathLike | None = None) -> Tuple[Path, Dict[str, Any]]:
+    """(path, card) of `weights_path` or the package's default weights, after checking that the file exists, has a
+    readable card and matches the card's sha256. Needs no torch."""
     path = Path(weights_path) if weights_path else default_weights_path()
     if not path.is_file():
         if weights_path is None:
@@ -102,6 +113,21 @@ def load_model(weights_path: str | os.PathLike | None = None) -> tuple[AgeGender
     if expected and expected != actual:
         raise WeightsError(f"{path} is corrupt or was replaced: sha256 {actual[:12]}... does not match its model "
                            f"card's {str(expected)[:12]}...")
+    return path, card
+
+
+def load_model(weights_path: str | os.PathLike | None = None) -> Tuple["AgeGenderModel", Dict[str, Any]]:
+    """The model in eval mode and its card, from `weights_path` or the package's default weights. Needs torch."""
+    path, card = check_weights(weights_path)
+    try:
+        import torch
+
+        from .model import create_model
+    except ModuleNotFoundError as error:
+        if torch_missing(error):
+            raise ModuleNotFoundError(f"reading {path.name} needs PyTorch, which is not installed: "
+                                      f"{TORCH_INSTALL_HINT}", name="torch") from error
+        raise
     try:
         model = create_model(card["architecture"], **card.get("model_args", {}))
     except (ValueError, TypeError) as error:
@@ -121,3 +147,59 @@ def load_model(weights_path: str | os.PathLike | None = None) -> tuple[AgeGender
         first_lines = "\n".join(str(error).splitlines()[:4])
         raise WeightsError(f"{path} does not fit architecture {card['architecture']!r}:\n{first_lines}") from error
     return model.eval(), card
+
+
+# --- the ONNX export beside the weights (what the ONNX Runtime backend runs without torch) ----------------------
+
+def onnx_beside(weights_path: str | os.PathLike) -> Path:
+    """Where the ONNX export of these weights lives when it is shipped with them: `NAME.onnx` beside `NAME.pt`."""
+    return Path(weights_path).with_suffix(".onnx")
+
+
+def checked_onnx(weights_path: str | os.PathLike, card: Dict[str, Any]) -> Optional[Path]:
+    """The ONNX file the card names (`card["onnx"]`), after checking its sha256 and that it was exported from these
+    weights; None when the card names none. A missing, corrupt or stale file is refused (WeightsError)."""
+    entry = card.get("onnx")
+    if entry is None:
+        return None
+    weights_path = Path(weights_path)
+    card_file = card_path(weights_path)
+    if not isinstance(entry, dict) or not entry.get("file") or not entry.get("sha256"):
+        raise WeightsError(f"model card {card_file}: its 'onnx' entry needs 'file' and 'sha256'")
+    path = weights_path.parent / str(entry["file"])
+    regenerate = f"`agegender export --format onnx --weights {weights_path}` re-exports it and updates the card"
+    if entry.get("weights_sha256") and card.get("sha256") and entry["weights_sha256"] != card["sha256"]:
+        raise WeightsError(f"{path} was exported from other weights (sha256 {str(entry['weights_sha256'])[:12]}...) "
+                           f"than {weights_path.name} ({str(card['sha256'])[:12]}...): {regenerate}")
+    if not path.is_file():
+        raise WeightsError(f"ONNX file {path} (named by the model card {card_file.name}) is missing; {regenerate}")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise WeightsError(f"{path} is corrupt or was replaced: sha256 {actual[:12]}... does not match its model "
+                           f"card's {str(entry['sha256'])[:12]}...")
+    return path
+
+
+def export_onnx_beside(weights_path: str | os.PathLike | None = None, opset: Optional[int] = None) -> Dict[str, Any]:
+    """Export these weights (default: the package's) to `NAME.onnx` beside them and record the file's sha256 in the
+    card, under `onnx`. The one step that makes (or remakes, after the .pt changed) a shipped ONNX file. Needs torch.
+    Returns the card's new `onnx` entry."""
+    import torch
+
+    from .torch_backend import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUTS, export_onnx
+
+    model, card = load_model(weights_path)
+    path = Path(weights_path) if weights_path else default_weights_path()
+    opset = opset or ONNX_OPSET
+    onnx_path = export_onnx(model, onnx_beside(path), opset=opset)
+    entry = {
+        "file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "weights_sha256": card.get("sha256") or sha256_file(path),
+        "opset": opset,
+        "input": f"{ONNX_INPUT}: N x 3 x {INPUT_SIZE} x {INPUT_SIZE} float32, normalised as in 'normalisation'",
+        "outputs": f"{', '.join(ONNX_OUTPUTS)}: N each (the ensembled prediction)",
+        "exported_with": f"torch {torch.__version__}",
+    }
+    update_card(path, {"onnx": entry})
+    return entry

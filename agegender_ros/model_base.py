@@ -1,0 +1,81 @@
+"""What every network of the registry shares: the output contract (`AgeGenderModel`), the ensemble of its heads,
+and the registry that maps a model name to its constructor.
+
+Dependencies run one way: `model.py` (the paper network, `create_model`) and `baselines.py` (the comparison
+networks) both import this module; `model.py` imports `baselines.py` so that every model is registered; nothing here
+imports either of them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .model_io import AGE_OFFSET, AGE_SCALE
+
+
+class AgeGenderModel(nn.Module):
+    """Base class fixing the output contract; subclasses implement `forward`."""
+
+    # Heads this model produces, in the order their members are ensembled by `predict`.
+    heads: tuple[str, ...] = ("final",)
+
+    def __init__(self, ensemble_weights: dict[str, float] | None = None):
+        super().__init__()
+        weights = ensemble_weights or {}
+        self.register_buffer(
+            "ensemble_age_weights", torch.tensor([float(weights.get(h, 1.0)) for h in self.heads]), persistent=True
+        )
+        self.register_buffer(
+            "ensemble_gender_weights", torch.tensor([float(weights.get(h, 1.0)) for h in self.heads]), persistent=True
+        )
+
+    @staticmethod
+    def to_age(raw: torch.Tensor) -> torch.Tensor:
+        return AGE_OFFSET + AGE_SCALE * raw.squeeze(-1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return ensemble(self(x), self.heads, self.ensemble_age_weights, self.ensemble_gender_weights)
+
+
+def ensemble(
+    outputs: dict[str, torch.Tensor],
+    heads: tuple[str, ...],
+    age_weights: torch.Tensor,
+    gender_weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted mean of the heads' ages and P(male); the ages' (unweighted) standard deviation as uncertainty.
+
+    A head that lacks an output (e.g. the gender-only virtual head has no age) is left out of that mean.
+    """
+    ages, age_w, probs, prob_w = [], [], [], []
+    for i, head in enumerate(heads):
+        if f"{head}_age" in outputs:
+            ages.append(outputs[f"{head}_age"])
+            age_w.append(age_weights[i])
+        if f"{head}_gender" in outputs:
+            probs.append(torch.sigmoid(outputs[f"{head}_gender"]))
+            prob_w.append(gender_weights[i])
+    age_stack, p_stack = torch.stack(ages, 1), torch.stack(probs, 1)
+    aw, pw = torch.stack(age_w), torch.stack(prob_w)
+    age = (age_stack * aw).sum(1) / aw.sum()
+    p_male = (p_stack * pw).sum(1) / pw.sum()
+    age_std = age_stack.std(1, unbiased=False)  # 0 for a single-head model
+    return age.clamp(0.0, 100.0), p_male, age_std
+
+
+
+# --- registry: name -> constructor. Models register themselves when their module is imported; `model.py` imports
+# every model module, and `model.create_model` / `model.available_models` read this registry. -------------------
+
+_REGISTRY: dict[str, Callable[..., AgeGenderModel]] = {}
+
+
+def register_model(name: str):
+    def add(constructor: Callable[..., AgeGenderModel]):
+        _REGISTRY[name] = constructor
+        return constructor
+
+    return add
