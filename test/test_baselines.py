@@ -120,7 +120,7 @@ def test_ssrnet_stagewise_regression_matches_official_formula():
 def test_onnx_matches_torch(model_and_name, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     pytest.importorskip("onnx", reason="the ONNX exporter needs the onnx package")
-    from agegender_ros.backends import export_onnx
+    from agegender_ros.torch_backend import export_onnx
 
     model, name = model_and_name
     batch = np.random.default_rng(3).standard_normal((3, 3, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
