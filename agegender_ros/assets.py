@@ -33,8 +33,11 @@ def fetch_scrfd(destination: Path | None = None) -> Path:
     if destination.is_file():
         return destination
     with tempfile.TemporaryDirectory() as tmp:
+        # --ignore-requires-python: the sdist says Python >= 3.9, but only one data file is taken from it (never
+        # installed), so Python 3.8 (Jetson Nano, Foxy) gets it too.
         pip = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
-                              ":all:", "--dest", tmp, SCRFD_SDIST], capture_output=True, text=True)
+                              ":all:", "--ignore-requires-python", "--dest", tmp, SCRFD_SDIST],
+                             capture_output=True, text=True)
         if pip.returncode:
             raise RuntimeError(f"pip download {SCRFD_SDIST} failed:\n{pip.stderr[-2000:]}")
         sdist = next(Path(tmp).glob("scrfd-*.tar.gz"))

@@ -182,7 +182,10 @@ def cmd_predict(args) -> int:
 def cmd_fetch_detector(args) -> int:
     from .assets import fetch_scrfd
 
-    path = fetch_scrfd(Path(args.out) if args.out else None)
+    try:
+        path = fetch_scrfd(Path(args.out) if args.out else None)
+    except (RuntimeError, OSError) as error:  # pip could not download it, or a checksum or the disk failed
+        raise CommandError(str(error).strip()) from error
     print(path)
     return 0
 
