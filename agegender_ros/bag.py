@@ -390,10 +390,14 @@ def _new_writer(out: Path, storage: str):
 
 
 class BagProcessor:
-    def __init__(self, estimator, topics: list | None = None, tracking: bool = True, warn=None):
+    def __init__(self, estimator, topics: list | None = None, tracking: bool = True, warn=None,
+                 max_pixels: int | None = None):
+        from agegender_ros.ros_image import MAX_PIXELS
+
         self.estimator = estimator
         self.topics = list(topics) if topics else None
         self.tracking = tracking
+        self.max_pixels = max_pixels or MAX_PIXELS  # larger frames are refused from their declared size
         self.warn = warn or (lambda text: print(text, file=sys.stderr))
         self._images: list = []  # per detections topic: its output connection and tracker
 
@@ -505,14 +509,16 @@ class BagProcessor:
         try:
             msg = store.deserialize_cdr(data, image["msgtype"])
             if image["compressed"]:
-                frame = decode_compressed(msg.format, msg.data)
+                frame = decode_compressed(msg.format, msg.data, max_pixels=self.max_pixels)
             else:
-                frame = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+                frame = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian),
+                                   max_pixels=self.max_pixels)
         except Exception as error:  # ImageDecodeError, a CDR error, anything a malformed message provokes
             count = summary.malformed.get(conn.topic, 0) + 1
             summary.malformed[conn.topic] = count
             if sum(summary.malformed.values()) <= SHOWN_WARNINGS:
-                kind = "" if type(error).__name__ == "ImageDecodeError" else f"{type(error).__name__}: "
+                kind = "" if type(error).__name__ in ("ImageDecodeError", "ImageTooLarge") else \
+                    f"{type(error).__name__}: "
                 self.warn(f"warning: {conn.topic}: skipping a malformed image: {kind}{error}")
             return None
         try:
@@ -593,6 +599,9 @@ def add_commands(sub) -> None:
                    help="no face tracking: track_id 0 and per-frame estimates (default: tracked and smoothed, "
                         "with the node's default tracking parameters)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--max-image-pixels", type=int, metavar="N",
+                   help="skip (as malformed, without decoding) frames larger than N pixels, read from the message "
+                        "or the JPEG/PNG header (default 33,177,600 = 7680x4320, as the node's max_image_pixels)")
     add_estimator_options(p)
     p.set_defaults(func=cmd_bag)
 
@@ -628,7 +637,8 @@ def cmd_bag(args) -> int:
         return EXIT_DAMAGED
     try:
         estimator = build_estimator(args)
-        processor = BagProcessor(estimator, args.topics, tracking=not args.no_tracking, warn=warn)
+        processor = BagProcessor(estimator, args.topics, tracking=not args.no_tracking, warn=warn,
+                                 max_pixels=args.max_image_pixels)
         summary = processor.run(source, out, storage, progress=bar_enabled)
     finally:
         source.close()

@@ -28,12 +28,13 @@ class CommandError(RuntimeError):
     """An error the user can act on: printed as one line, no traceback, exit code 2."""
 
 
-def read_image(path: Path) -> np.ndarray:
-    """BGR uint8 image; raises CommandError naming the file when it is missing, unreadable or not an image."""
-    from .faces import ImageReadError, read_image as read
+def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """BGR uint8 image; raises CommandError naming the file when it is missing, unreadable, not an image, or
+    larger than `max_pixels` (default faces.PHOTO_MAX_PIXELS; checked from its header, before decoding)."""
+    from .faces import PHOTO_MAX_PIXELS, ImageReadError, read_image as read
 
     try:
-        return read(path)
+        return read(path, max_pixels or PHOTO_MAX_PIXELS)
     except ImageReadError as error:
         raise CommandError(str(error)) from error
 
@@ -110,12 +111,18 @@ def iter_inputs(paths: list[str]) -> Iterator[tuple[str, Path]]:
             yield ("video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"), path
 
 
-def iter_video(source, every: int, max_frames: int | None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_video(source, every: int, max_frames: int | None,
+               max_pixels: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     import cv2
 
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         raise CommandError(f"{source}: cannot open video/camera")
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if max_pixels and width * height > max_pixels:
+        capture.release()
+        raise CommandError(f"{source}: frames of {width}x{height} ({width * height:,} pixels) are larger than "
+                           f"--max-image-pixels {max_pixels:,}: not decoded")
     index = emitted = 0
     try:
         while max_frames is None or emitted < max_frames:
@@ -132,6 +139,26 @@ def iter_video(source, every: int, max_frames: int | None) -> Iterator[tuple[int
         capture.release()
 
 
+def _progress(sources: list, args):
+    """The inputs, wrapped in a tqdm progress bar on stderr when stderr is a terminal and there are several (a
+    folder of 1,000 photos otherwise runs for half a minute without a sign); --no-progress turns it off."""
+    if args.no_progress or len(sources) < 2 or not sys.stderr.isatty():
+        return sources
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return sources
+    return tqdm(sources, desc="predict", unit="input", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def _write(progress, text: str, stream) -> None:
+    if hasattr(progress, "write"):  # a progress bar: print above it, not through it
+        progress.write(text, file=stream)
+        stream.flush()
+    else:
+        print(text, file=stream, flush=True)
+
+
 def cmd_predict(args) -> int:
     import cv2
 
@@ -144,32 +171,33 @@ def cmd_predict(args) -> int:
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
+    sources: list[tuple[str, object]] = list(iter_inputs(args.paths))
+    if args.camera is not None:
+        sources.append(("camera", args.camera))
+    progress = _progress(sources, args)
 
     def emit(name: str, frame: np.ndarray, out_name: str | None) -> None:
         faces = estimator(frame)
         if args.json:
-            print(json.dumps({"image": name, "faces": [f.to_json() for f in faces]}), flush=True)
+            _write(progress, json.dumps({"image": name, "faces": [f.to_json() for f in faces]}), sys.stdout)
         else:
             summary = ", ".join(f"{f.age:.0f} {f.gender} (p_male {f.p_male:.2f})" for f in faces) or "no face"
-            print(f"{name}: {summary}", flush=True)
+            _write(progress, f"{name}: {summary}", sys.stdout)
         if out_dir and out_name:
             cv2.imwrite(str(out_dir / out_name), draw_estimates(frame, faces))
 
-    sources: list[tuple[str, object]] = list(iter_inputs(args.paths))
-    if args.camera is not None:
-        sources.append(("camera", args.camera))
-    for kind, source in sources:
+    for kind, source in progress:
         try:
             if kind == "image":
-                emit(str(source), read_image(source), f"{source.stem}_annotated.jpg")
+                emit(str(source), read_image(source, args.max_image_pixels), f"{source.stem}_annotated.jpg")
             else:
                 label = f"camera{source}" if kind == "camera" else source.stem
                 for index, frame in iter_video(source if kind == "camera" else str(source), args.every,
-                                               args.max_frames):
+                                               args.max_frames, args.max_image_pixels):
                     emit(f"{source}#frame={index}", frame, f"{label}_{index:06d}_annotated.jpg")
         except CommandError as error:
             failures += 1
-            print(f"error: {error}", file=sys.stderr, flush=True)
+            _write(progress, f"error: {error}", sys.stderr)
     if failures:
         print(f"{failures} input(s) failed", file=sys.stderr)
     return 1 if failures else 0
@@ -220,6 +248,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON line per image / video frame on stdout")
     p.add_argument("--every", type=int, default=1, help="video: use every Nth frame")
     p.add_argument("--max-frames", type=int, help="video/camera: stop after this many frames")
+    p.add_argument("--max-image-pixels", type=int, metavar="N",
+                   help="refuse (without decoding) images and video frames larger than N pixels, read from the "
+                        "file's header (default 100,000,000)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is shown on stderr only when that is a terminal)")
     add_estimator_options(p)
     p.set_defaults(func=cmd_predict)
 

@@ -44,17 +44,35 @@ class ImageReadError(ValueError):
         self.path, self.reason = str(path), reason
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+# The largest photo `read_image` decodes by default (`agegender predict --max-image-pixels`): 100 Mpx, above
+# every phone and most cameras (50 Mpx), about 300 MB decoded. A 16000 x 16000 PNG (256 Mpx from a 730 KB file)
+# is refused from its header instead of taking gigabytes.
+PHOTO_MAX_PIXELS = 100_000_000
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = PHOTO_MAX_PIXELS) -> np.ndarray:
     """BGR uint8 image from a file (the one reader of the CLI and the training cache).
 
-    Raises ImageReadError when the file is missing or unreadable, is not an image, or is a JPEG cut short:
-    OpenCV decodes a truncated JPEG without an error, filling the missing part with grey, which would
-    silently become a wrong training face.
+    Raises ImageReadError when the file is missing or unreadable, is not an image, is larger than `max_pixels`
+    (read from its header, before anything is decoded; None = no limit), or is a JPEG cut short: OpenCV decodes
+    a truncated JPEG without an error, filling the missing part with grey, which would silently become a wrong
+    training face.
     """
+    from .image_header import FORMATS, declared_size
+
     try:
         data = np.fromfile(str(path), np.uint8)
     except OSError as error:
         raise ImageReadError(path, f"cannot read ({error.strerror or error})") from error
+    if max_pixels is not None and data.size:
+        header = declared_size(data)
+        if header is None:
+            raise ImageReadError(path, f"not a readable image (no {FORMATS} header with its size)")
+        _, width, height = header
+        if width * height > max_pixels:
+            raise ImageReadError(path, f"image {width}x{height} ({width * height:,} pixels) is larger than the "
+                                       f"{max_pixels:,} pixels accepted: not decoded (raise the limit, e.g. "
+                                       "`agegender predict --max-image-pixels N`, to read it)")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ImageReadError(path, "not a readable image (corrupt, truncated or unsupported format)")

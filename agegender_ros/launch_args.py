@@ -42,6 +42,9 @@ class ParamSpec:
     low: float | None = None  # inclusive range (int / float parameters)
     high: float | None = None
     constraints: str = ""  # extra rule, in words (ParameterDescriptor.additional_constraints)
+    # True: `ros2 param set` applies it to the running node from the next frame on. False: it shapes what
+    # `configure` builds (model, detector, topics), so it can be set only while the node is unconfigured.
+    live: bool = False
 
 
 NODE_PARAMETERS = (
@@ -53,10 +56,10 @@ NODE_PARAMETERS = (
     ParamSpec("detections_topic", "/agegender/detections", "Output topic: agegender_ros/AgeGenderArray, one per "
               "processed image (also when no face is found), with the image's header.", "str"),
     ParamSpec("publish_debug_image", False, "Publish the annotated image (sensor_msgs/Image bgr8) on "
-              "debug_image_topic; it is drawn only while someone subscribes.", "bool"),
+              "debug_image_topic; it is drawn only while someone subscribes.", "bool", live=True),
     ParamSpec("debug_image_topic", "/agegender/debug_image", "Output topic of the annotated image.", "str"),
     ParamSpec("publish_vision_msgs", True, "Also publish vision_msgs/Detection2DArray on vision_msgs_topic "
-              "(effective only when vision_msgs is installed).", "bool"),
+              "(effective only when vision_msgs is installed).", "bool", live=True),
     ParamSpec("vision_msgs_topic", "/agegender/detections_2d", "Output topic of the Detection2DArray.", "str"),
     ParamSpec("weights", "", "Model weights (.pt with its .json card beside it); '' = the package's default "
               "weights (or $AGEGENDER_WEIGHTS).", "str"),
@@ -70,28 +73,36 @@ NODE_PARAMETERS = (
     ParamSpec("detector_input_size", 320, "Detector input size in pixels: SCRFD resizes the longer image side "
               "to this; BlazeFace uses its short-range model up to 128, its full-range model above; Haar ignores "
               "it.", "int", low=64, high=1920, constraints="a multiple of 32"),
-    ParamSpec("score_threshold", 0.5, "Minimum face detection score.", "float", low=0.0, high=1.0),
-    ParamSpec("max_faces", 32, "At most this many faces per image (the most confident).", "int", low=1, high=256),
+    ParamSpec("score_threshold", 0.5, "Minimum face detection score.", "float", low=0.0, high=1.0, live=True),
+    ParamSpec("max_faces", 32, "At most this many faces per image (the most confident).", "int", low=1, high=256, live=True),
     ParamSpec("min_face_size", 0, "Ignore faces whose box is smaller than this (pixels, shorter side).", "int",
-              low=0, high=4096),
+              low=0, high=4096, live=True),
     ParamSpec("flip_tta", False, "Also run each face mirrored and average the two (test-time augmentation): "
-              "slightly more accurate, more network time per face.", "bool"),
+              "slightly more accurate, more network time per face.", "bool", live=True),
     ParamSpec("num_threads", 2, "CPU threads for the detector and the network (0 = the runtime's default).",
               "int", low=0, high=64),
-    ParamSpec("tracking", True, "Track faces across frames (stable track_id) and smooth age and gender.", "bool"),
+    ParamSpec("tracking", True, "Track faces across frames (stable track_id) and smooth age and gender.", "bool", live=True),
     ParamSpec("smoothing", 0.6, "Weight of the past in the exponential smoothing of age and gender "
-              "(0 = per-frame values).", "float", low=0.0, high=0.99),
+              "(0 = per-frame values).", "float", low=0.0, high=0.99, live=True),
     ParamSpec("track_max_missed", 5, "A track is dropped after this many consecutive frames without its face.",
-              "int", low=0, high=10000),
+              "int", low=0, high=10000, live=True),
     ParamSpec("track_iou_threshold", 0.3, "Minimum box IoU for a face to continue a track.", "float", low=0.01,
-              high=1.0),
+              high=1.0, live=True),
     ParamSpec("max_rate_hz", 0.0, "Process at most this many frames per second (0 = every frame the node can "
               "keep up with; older frames are always dropped in favour of the newest).", "float", low=0.0,
-              high=1000.0),
+              high=1000.0, live=True),
     ParamSpec("diagnostics_period_s", 1.0, "Period of diagnostic_msgs/DiagnosticArray on /diagnostics "
-              "(0 = off; needs diagnostic_msgs).", "float", low=0.0, high=3600.0),
+              "(0 = off; needs diagnostic_msgs).", "float", low=0.0, high=3600.0, live=True),
+    ParamSpec("max_image_pixels", 7680 * 4320, "Largest image accepted (width x height, read from the message "
+              "or the JPEG/PNG header before anything is decoded); a larger one is skipped with a warning that "
+              "names both sizes. The default, 7680 x 4320 (8K UHD, 33.2 Mpx: ros_image.MAX_PIXELS), holds every "
+              "video camera's frame.", "int", low=1, high=1_000_000_000, live=True),
+    ParamSpec("autostart", True, "Bring the node to active by itself at start-up (configure, then activate; "
+              "the start-up fails and the node exits if configure fails, as a node without a lifecycle would). "
+              "false: wait in unconfigured for `ros2 lifecycle set <node> configure` / `activate` (a lifecycle "
+              "manager). Without rclpy.lifecycle (Foxy, Galactic) the node always starts active.", "bool"),
     ParamSpec("warn_throttle_s", 5.0, "At most one warning per kind (bad image, failed frame) in this many "
-              "seconds; the next one says how many were suppressed.", "float", low=0.0, high=3600.0),
+              "seconds; the next one says how many were suppressed.", "float", low=0.0, high=3600.0, live=True),
 )
 PARAMETERS_BY_NAME = {spec.name: spec for spec in NODE_PARAMETERS}
 
@@ -190,6 +201,22 @@ def validate_parameters(values: Mapping[str, Any], check_files: bool = True) -> 
     return merged
 
 
+def parameters_help() -> str:
+    """`python -m agegender_ros.node --help`: every parameter with its type, default, range and meaning."""
+    lines = ["agegender_node parameters (set with --ros-args -p NAME:=VALUE or --params-file FILE; the live ones",
+             "also at run time with `ros2 param set`):", ""]
+    for spec in NODE_PARAMETERS:
+        allowed = ""
+        if spec.choices:
+            allowed = f" [{' | '.join(spec.choices)}]"
+        elif spec.low is not None:
+            allowed = f" [{spec.low}..{spec.high}]"
+        lines.append(f"  {spec.name} ({spec.kind}, default {spec.default!r}){allowed}"
+                     + (" live" if spec.live else " (set while unconfigured)"))
+        lines.append(f"      {spec.description}" + (f" ({spec.constraints})" if spec.constraints else ""))
+    return "\n".join(lines)
+
+
 def split_topics(value: Mapping[str, Any] | Any) -> tuple[list[str], list[str]]:
     """(raw topics, compressed topics) from the validated parameters: image_topics entries ending in
     '/compressed' move to the compressed list."""
@@ -223,23 +250,24 @@ class LaunchArgument:
     default: str
     description: str
     choices: tuple = ()
+    node_parameter: bool = False  # a non-empty value overrides the node parameter of the same name
 
 
-LAUNCH_ARGUMENTS = (
+_LAUNCH_ONLY_ARGUMENTS = (
     LaunchArgument("params_file", "", "Node parameters (YAML); '' = the package's config/nano.yaml (tuned for a "
                    "Jetson Nano; config/desktop.yaml is the desktop variant)."),
     LaunchArgument("image_topics", "", "Input sensor_msgs/Image topic(s), comma-separated (a name ending in "
-                   "'/compressed' is read as CompressedImage); '' = from the params file."),
+                   "'/compressed' is read as CompressedImage); '' = from the params file.", node_parameter=True),
     LaunchArgument("compressed_image_topics", "", "Input sensor_msgs/CompressedImage topic(s), comma-separated; "
-                   "'' = from the params file."),
+                   "'' = from the params file.", node_parameter=True),
     LaunchArgument("backend", "", "auto | tensorrt | onnxruntime | torch; '' = from the params file.",
-                   ("",) + BACKENDS),
+                   ("",) + BACKENDS, node_parameter=True),
     LaunchArgument("weights", "", "Model weights .pt (with its .json card); '' = from the params file / package "
-                   "default."),
+                   "default.", node_parameter=True),
     LaunchArgument("engine", "", "TensorRT engine (`agegender export --format tensorrt`) for backend tensorrt; '' = "
-                   "built from the weights."),
+                   "built from the weights.", node_parameter=True),
     LaunchArgument("publish_debug_image", "", "true | false: publish the annotated image; '' = from the params "
-                   "file."),
+                   "file.", node_parameter=True),
     LaunchArgument("camera", "none", "Camera driver to start as well: none | v4l2 (v4l2_camera) | usb_cam | csi "
                    "(Jetson CSI camera through gscam and nvarguscamerasrc).", CAMERAS),
     LaunchArgument("camera_device", "/dev/video0", "Video device of the v4l2 / usb_cam driver; the sensor id "
@@ -249,7 +277,7 @@ LAUNCH_ARGUMENTS = (
     LaunchArgument("camera_fps", "30", "Camera frame rate."),
     LaunchArgument("node_name", "agegender_node", "Name of the age/gender node."),
     LaunchArgument("namespace", "", "Namespace of the nodes."),
-    LaunchArgument("log_level", "info", "Log level of the age/gender node: debug | info | warn | error.",
+    LaunchArgument("log_level", "info", "Log level of the age/gender node: debug | info | warn | error | fatal.",
                    ("debug", "info", "warn", "error", "fatal")),
     LaunchArgument("dds_profile", "auto", "DDS transport of the processes this launch starts: auto = the "
                    "package's Fast DDS profile (config/fastdds_large_shm.xml: shared memory with room for full "
@@ -257,6 +285,22 @@ LAUNCH_ARGUMENTS = (
                    "FASTRTPS_DEFAULT_PROFILES_FILE / FASTDDS_DEFAULT_PROFILES_FILE are not set; none = leave DDS "
                    "as it is; or the path of your own Fast DDS profile XML."),
 )
+
+
+def _parameter_argument(spec: ParamSpec) -> LaunchArgument:
+    rule = ("; one of " + " | ".join(spec.choices) if spec.choices else
+            f"; {spec.low:g}..{spec.high:g}" if spec.low is not None else "")
+    kind = {"bool": "true | false", "int": "integer", "float": "number", "str": "string",
+            "str_list": "comma-separated list"}[spec.kind]
+    return LaunchArgument(spec.name, "", f"Node parameter {spec.name} ({kind}{rule}): {spec.description} "
+                          "'' = from the params file.", node_parameter=True)
+
+
+# Every node parameter is a launch argument too (e.g. detector:=haar score_threshold:=0.6), checked here with the
+# node's own rules; a name that is neither is refused, with the closest known one.
+LAUNCH_ARGUMENTS = _LAUNCH_ONLY_ARGUMENTS + tuple(
+    _parameter_argument(spec) for spec in NODE_PARAMETERS
+    if spec.name not in {a.name for a in _LAUNCH_ONLY_ARGUMENTS})
 LAUNCH_DEFAULTS = {a.name: a.default for a in LAUNCH_ARGUMENTS}
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -341,11 +385,96 @@ def node_exit_problem(name: str, returncode: int | None) -> str | None:
 
 
 def parse_list(value: str) -> list[str]:
-    """'a, b', 'a b' or '[a, b]' (YAML-ish, quotes allowed) -> ['a', 'b']."""
+    """'a, b' or '[a, b]' (YAML-ish, quotes allowed) -> ['a', 'b']. Only commas separate: 'not a topic' stays one
+    item (which the topic-name check then refuses) instead of becoming three topics."""
     text = value.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    return [item.strip().strip("'\"") for item in re.split(r"[,\s]+", text) if item.strip().strip("'\"")]
+    return [item.strip().strip("'\"") for item in text.split(",") if item.strip().strip("'\"")]
+
+
+def parse_parameter(spec: ParamSpec, text: str) -> Any:
+    """A node parameter's value from a launch argument string, checked with the node's rules (type, range,
+    choices, topic names). Raises ParameterError naming the launch argument."""
+    text = text.strip()
+    value: Any = text
+    problem = None
+    if spec.kind == "bool":
+        value = parse_bool(spec.name, text)
+    elif spec.kind in ("int", "float"):
+        try:
+            value = int(text) if spec.kind == "int" else float(text)
+        except ValueError:
+            problem = f"{text!r} is not {'an integer' if spec.kind == 'int' else 'a number'}"
+    elif spec.kind == "str_list":
+        value = parse_list(text)
+        problems = [topic_name_problem(t) for t in value if spec.name.endswith("topics")]
+        problem = "; ".join(p for p in problems if p) or None
+    elif spec.name.endswith("_topic"):
+        problem = topic_name_problem(text)
+    if problem is None:
+        problem = spec_problem(spec, value)
+        if problem and problem.startswith(spec.name + ": "):
+            problem = problem[len(spec.name) + 2:]
+    if problem:
+        raise ParameterError([f"launch argument {spec.name}: {problem}"])
+    return value
+
+
+def unknown_argument_problems(names) -> list[str]:
+    """Launch arguments given that this launch file does not know, each with the closest known name."""
+    import difflib
+
+    problems = []
+    for name in names:
+        if name in LAUNCH_DEFAULTS:
+            continue
+        close = difflib.get_close_matches(name, list(LAUNCH_DEFAULTS), n=1, cutoff=0.6)
+        problems.append(f"unknown launch argument {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                        + "; `ros2 launch agegender_ros nano.launch.py --show-args` lists them all")
+    return problems
+
+
+# Added by `ros2 launch --launch-prefix ...` itself.
+ROS2_LAUNCH_OWN_ARGUMENTS = ("launch-prefix", "launch-prefix-filter")
+
+
+def command_line_arguments(argv, launch_file: str = "nano.launch.py") -> list[str] | None:
+    """The `name:=value` names given to `ros2 launch ... nano.launch.py` (argv: sys.argv of `ros2 launch`) when
+    this launch file is the one on the command line; None when it is included from another launch file (whose arguments are not ours to judge)."""
+    argv = list(argv or [])
+    positional = [a for a in argv if ":=" not in a]
+    if not any(os.path.basename(a) == launch_file for a in positional):
+        return None
+    return [name for name in (a.split(":=", 1)[0] for a in argv if ":=" in a and not a.startswith("-"))
+            if name not in ROS2_LAUNCH_OWN_ARGUMENTS]
+
+
+def params_file_problem(path: str) -> str | None:
+    """Why a params file cannot be read as ROS 2 parameters (not YAML, not `node: {ros__parameters: {...}}`)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as error:
+        return f"launch argument params_file: cannot read {path!r} ({error.strerror or error})"
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(error, "problem", None) or str(error).splitlines()[0]
+        return f"launch argument params_file: {path!r} is not valid YAML{where}: {what}"
+    if not isinstance(data, dict) or not data:
+        return f"launch argument params_file: {path!r} holds no `<node name or /**>: {{ros__parameters: ...}}` map"
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            return f"launch argument params_file: {path!r}: {key!r} is not a map"
+        inner = value.get("ros__parameters")
+        if inner is None and all(isinstance(v, dict) for v in value.values()):
+            continue  # a namespace level: /ns: {node: {ros__parameters: ...}}
+        if not isinstance(inner, dict):
+            return f"launch argument params_file: {path!r}: {key!r} has no `ros__parameters:` map"
+    return None
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -404,16 +533,18 @@ def _positive_int(name: str, value: str) -> int:
     return number
 
 
-def plan_launch(values: Mapping[str, str], share_dir: str, environ: Mapping[str, str] | None = None) -> LaunchPlan:
+def plan_launch(values: Mapping[str, str], share_dir: str, environ: Mapping[str, str] | None = None,
+                given: list | None = None) -> LaunchPlan:
     """Launch argument strings -> the age/gender node (+ camera node) and the environment variables to set for
     them (`environ`: the launch's environment, default os.environ). Raises ParameterError when one is bad.
+    `given`: the argument names on the command line (command_line_arguments), refused when unknown.
 
     Only arguments that are set (non-empty) override the params file; empty lists are never passed (rcl's
     YAML parser rejects empty arrays).
     """
     args = dict(LAUNCH_DEFAULTS)
-    args.update({k: ("" if v is None else str(v)) for k, v in values.items()})
-    problems = []
+    args.update({k: ("" if v is None else str(v)) for k, v in values.items() if k in LAUNCH_DEFAULTS})
+    problems = unknown_argument_problems(given or [])
     for argument in LAUNCH_ARGUMENTS:
         if argument.choices and args[argument.name] not in argument.choices:
             problems.append(f"launch argument {argument.name}: {args[argument.name]!r} is not one of "
@@ -421,25 +552,28 @@ def plan_launch(values: Mapping[str, str], share_dir: str, environ: Mapping[str,
     params_file = args["params_file"] or os.path.join(share_dir, "config", "nano.yaml")
     if not os.path.isfile(params_file):
         problems.append(f"launch argument params_file: {params_file!r} does not exist")
+    else:
+        problem = params_file_problem(params_file)
+        if problem:
+            problems.append(problem)
     if problems:
         raise ParameterError(problems)
 
     overrides: dict = {}
-    for name in ("image_topics", "compressed_image_topics"):
-        topics = parse_list(args[name])
-        for topic in topics:
-            problem = topic_name_problem(topic)
-            if problem:
-                problems.append(f"launch argument {name}: {problem}")
-        if topics:
-            overrides[name] = topics
-    for name in ("backend", "weights", "engine"):
-        if args[name]:
-            overrides[name] = os.path.expanduser(args[name])
+    for argument in LAUNCH_ARGUMENTS:
+        if not argument.node_parameter or not args[argument.name].strip():
+            continue
+        try:
+            value = parse_parameter(PARAMETERS_BY_NAME[argument.name], args[argument.name])
+        except ParameterError as error:
+            problems += error.problems
+            continue
+        if argument.name in ("weights", "engine"):
+            value = os.path.expanduser(value)
+        if value != []:  # rcl's YAML parser rejects empty lists
+            overrides[argument.name] = value
     if args["engine"] and not args["backend"]:
         overrides["backend"] = "tensorrt"
-    if args["publish_debug_image"]:
-        overrides["publish_debug_image"] = parse_bool("publish_debug_image", args["publish_debug_image"])
     if problems:
         raise ParameterError(problems)
 

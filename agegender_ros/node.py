@@ -30,6 +30,7 @@ from __future__ import annotations
 import array
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -37,9 +38,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+def _help_without_ros() -> None:
+    """`python -m agegender_ros.node --help` lists the parameters before rclpy and the generated messages are
+    imported: it works in a bare Python environment, without ROS or a colcon build."""
+    if __name__ == "__main__" and sys.argv[1:2] in (["-h"], ["--help"]):
+        from agegender_ros.launch_args import parameters_help
+
+        print(__doc__.split("\n\n")[0] + "\n")
+        print(parameters_help())
+        sys.exit(0)
+
+
+_help_without_ros()
+
+import numpy as np  # noqa: E402 (after the ROS-free --help)
+import rclpy  # noqa: E402
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -48,15 +63,27 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header
 
 from agegender_ros.launch_args import NODE_PARAMETERS, PARAMETERS_BY_NAME, ParameterError, ParamSpec, \
-    detector_options, spec_problem, split_topics, validate_parameters
+    detector_options, parameters_help, spec_problem, split_topics, validate_parameters
 try:
     from agegender_ros.msg import AgeGender, AgeGenderArray
 except ImportError as _error:  # the generated half of the package is missing
     raise ImportError(f"agegender_ros.msg is not importable ({_error}): build the package with colcon and "
                       "`source install/setup.bash` first") from _error
 from agegender_ros.message_fields import agegender_fields
-from agegender_ros.ros_image import ImageDecodeError, RawImage, decode_compressed, decode_raw, encode_raw
+from agegender_ros.ros_image import ImageDecodeError, ImageTooLarge, RawImage, check_image_size, \
+    decode_compressed, decode_raw, encode_raw
 from agegender_ros.tracking import FaceTracker, TrackIds, untracked
+
+try:  # Humble and later: a managed (lifecycle) node
+    from rclpy.lifecycle import LifecycleNode as _NodeBase
+    from rclpy.lifecycle import TransitionCallbackReturn
+    LIFECYCLE = True
+except ImportError:  # Foxy, Galactic: a plain node that configures and activates itself
+    _NodeBase = Node
+    LIFECYCLE = False
+
+    class TransitionCallbackReturn:  # type: ignore[no-redef]
+        SUCCESS, FAILURE, ERROR = "success", "failure", "error"
 
 try:  # Humble and later
     from rclpy.executors import ExternalShutdownException
@@ -202,6 +229,8 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     constraints = [spec.constraints] if spec.constraints else []
     if spec.choices:
         constraints.insert(0, "one of: " + ", ".join(spec.choices))
+    constraints.append("live: `ros2 param set` applies it from the next frame" if spec.live else
+                       "set only while unconfigured (lifecycle: deactivate, cleanup, set, configure, activate)")
     descriptor = ParameterDescriptor(description=spec.description, additional_constraints="; ".join(constraints))
     if spec.kind == "int" and spec.low is not None:
         descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
@@ -213,19 +242,6 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
         # from []); the type is checked by validate_parameters instead.
         descriptor.dynamic_typing = True
     return descriptor
-
-
-def parameters_help() -> str:
-    lines = ["agegender_node parameters (set with --ros-args -p NAME:=VALUE or --params-file FILE):", ""]
-    for spec in NODE_PARAMETERS:
-        allowed = ""
-        if spec.choices:
-            allowed = f" [{' | '.join(spec.choices)}]"
-        elif spec.low is not None:
-            allowed = f" [{spec.low}..{spec.high}]"
-        lines.append(f"  {spec.name} ({spec.kind}, default {spec.default!r}){allowed}")
-        lines.append(f"      {spec.description}" + (f" ({spec.constraints})" if spec.constraints else ""))
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -253,38 +269,222 @@ class _Period:
     processing_ms: list = field(default_factory=list)  # message received -> detections published
 
 
-class AgeGenderNode(Node):
-    """Faces -> age, gender and track id on AgeGenderArray. Start-up problems raise StartupError (logged)."""
+class AgeGenderNode(_NodeBase):
+    """Faces -> age, gender and track id on AgeGenderArray: a managed (lifecycle) node where rclpy has them.
+
+    configure: checks the parameters, loads the weights, builds the detector and the network backend;
+    activate: creates the subscriptions, publishers and timers and starts the worker thread; deactivate: stops
+    and removes them (no callbacks, no CPU spent on frames); cleanup: frees the model; shutdown: from any state.
+    With `autostart` (the default) the constructor runs configure and activate itself and raises StartupError
+    (logged) when configure fails, as the node did before it had a lifecycle. Parameters marked `live` in
+    launch_args.NODE_PARAMETERS can be set at any time and apply from the next frame; the others only while
+    unconfigured. Without rclpy.lifecycle (Foxy, Galactic) it is a plain node that starts active.
+    """
 
     def __init__(self, node_name: str = NODE_NAME, *, context=None, parameter_overrides: list | None = None,
                  estimator=None, **node_kwargs):
         super().__init__(node_name, context=context, parameter_overrides=parameter_overrides, **node_kwargs)
+        self._given_estimator = estimator
         self._stop = threading.Event()
         self._cond = threading.Condition(threading.Lock())
         self._lock = self._cond  # one lock for the frame slots and the counters
         self._worker: threading.Thread | None = None
         self._period = _Period()
         self._period_start = time.monotonic()
-        self.stats = {"received": 0, "processed": 0, "dropped": 0, "decode_errors": 0, "failures": 0, "faces": 0}
+        self.stats = {"received": 0, "processed": 0, "dropped": 0, "decode_errors": 0, "oversized": 0,
+                      "failures": 0, "faces": 0}
         self._inputs: list = []
         self._next_input = 0
         self._last_start = -math.inf
+        self.params: dict | None = None  # the checked parameters while configured
+        self.estimator = None
+        self.state = "unconfigured"  # unconfigured | inactive | active | finalized
+        self.finalized = threading.Event()
+        self._startup_error: StartupError | None = None
+        self._io: list = []  # subscriptions, publishers and timers of the active state
+        self._detections_pub = self._debug_pub = self._vision_pub = self._diag_pub = None
+        self._diag_timer = None
+        self._bridge = None
+        self._decode_throttle = self._failure_throttle = self._size_throttle = Throttle(5.0)
+        self._declaration_problems: dict = {}
+        self._declare_parameters()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if LIFECYCLE and not self.get_parameter("autostart").value:
+            self.get_logger().info(f"unconfigured; waiting for `ros2 lifecycle set {self.get_fully_qualified_name()} "
+                                   "configure` (then activate)")
+            return
+        if not LIFECYCLE and not self.get_parameter("autostart").value:
+            _log_warning(self.get_logger(), "autostart is false, but this rclpy has no lifecycle nodes "
+                         "(rclpy.lifecycle: Humble and later): starting active")
         try:
-            self.params = self._read_parameters()
-            self.estimator = estimator or self._create_estimator()
-            self._setup_io()
+            self._start_up()
+        except StartupError as error:
+            self.destroy_node()
+            raise error
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+
+    def _start_up(self) -> None:
+        """configure + activate (autostart). Raises the StartupError of a failed configure (already logged)."""
+        if LIFECYCLE:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise self._startup_error or StartupError("configure failed")
+            if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                raise StartupError("activate failed")
+            return
+        try:
+            self._configure()
         except StartupError as error:
             self.get_logger().error(str(error))
-            self.destroy_node()
             raise
+        self._activate()
+
+    def on_configure(self, state) -> "TransitionCallbackReturn":
+        self._startup_error = None
+        try:
+            self._configure()
+        except StartupError as error:
+            self._startup_error = error
+            self.get_logger().error(str(error))
+            self._cleanup()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> "TransitionCallbackReturn":
+        self._activate()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state) -> "TransitionCallbackReturn":
+        self._deactivate()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state) -> "TransitionCallbackReturn":
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> "TransitionCallbackReturn":
+        self._deactivate()
+        self._cleanup()
+        self.state = "finalized"
+        self.finalized.set()
+        self.get_logger().info("shut down (finalized)")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state) -> "TransitionCallbackReturn":
+        self._deactivate()
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS  # back to unconfigured
+
+    def _configure(self) -> None:
+        self.params = self._read_parameters()
+        self.estimator = self._given_estimator or self._create_estimator()
+        self._bridge = CvBridge() if CvBridge is not None else None
+        period = self.params["warn_throttle_s"]
+        self._decode_throttle, self._failure_throttle, self._size_throttle = (Throttle(period) for _ in range(3))
+        self._track_ids = TrackIds()
+        self.state = "inactive"
+
+    def _activate(self) -> None:
+        if self.state != "inactive":
+            return
+        p = self.params
+        raw_topics, compressed_topics = split_topics(p)
+        self._stop.clear()
+        self._inputs = []
+        for topic, compressed in [(t, False) for t in raw_topics] + [(t, True) for t in compressed_topics]:
+            slot = _Input(topic, compressed, self._new_tracker() if p["tracking"] else None)
+            self._inputs.append(slot)
+            self._io.append(self.create_subscription(CompressedImage if compressed else Image, topic,
+                                                     lambda msg, slot=slot: self._on_image(slot, msg), INPUT_QOS))
+        self._detections_pub = self.create_publisher(AgeGenderArray, p["detections_topic"], DETECTIONS_QOS)
+        self._io.append(self._detections_pub)
+        self._sync_optional_outputs()
+        with self._lock:
+            self._period, self._period_start = _Period(), time.monotonic()
         self._worker = threading.Thread(target=self._work, name="agegender_worker", daemon=True)
         self._worker.start()
+        self.state = "active"
+        inputs = ", ".join(f"{s.topic} ({'CompressedImage' if s.compressed else 'Image'})" for s in self._inputs)
+        self.get_logger().info(f"reading {inputs}; publishing {p['detections_topic']}"
+                               + (f", {p['debug_image_topic']}" if self._debug_pub else "")
+                               + (f", {p['vision_msgs_topic']}" if self._vision_pub else "")
+                               + (f", {DIAGNOSTICS_TOPIC}" if self._diag_pub else ""))
 
-    # ---------------------------------------------------------------------------------------------- start-up
+    def _sync_optional_outputs(self) -> None:
+        """Debug image, Detection2DArray and diagnostics outputs as the (live) parameters say, while active. A
+        publisher switched off is only dropped from use here; it is destroyed at deactivate, so the worker never
+        publishes on a destroyed one."""
+        p = self.params
+        if p["publish_debug_image"] and self._debug_pub is None:
+            self._debug_pub = self.create_publisher(Image, p["debug_image_topic"], DEBUG_IMAGE_QOS)
+            self._io.append(self._debug_pub)
+        elif not p["publish_debug_image"]:
+            self._debug_pub = None
+        if p["publish_vision_msgs"] and self._vision_pub is None:
+            if vision_msgs is not None:
+                self._vision_pub = self.create_publisher(vision_msgs.Detection2DArray, p["vision_msgs_topic"],
+                                                         DETECTIONS_QOS)
+                self._io.append(self._vision_pub)
+            else:
+                self.get_logger().info("vision_msgs is not installed: no Detection2DArray output")
+        elif not p["publish_vision_msgs"]:
+            self._vision_pub = None
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if p["diagnostics_period_s"] > 0:
+            if DiagnosticArray is None:
+                self.get_logger().info("diagnostic_msgs is not installed: no diagnostics")
+            else:
+                if self._diag_pub is None:
+                    self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
+                    self._io.append(self._diag_pub)
+                self._diag_timer = self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
-    def _read_parameters(self) -> dict:
+    def _deactivate(self) -> None:
+        """Stop the worker, then remove every subscription, publisher and timer: nothing runs while inactive."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=10.0)
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        for entity in self._io:
+            try:
+                if hasattr(entity, "publish"):
+                    self.destroy_publisher(entity)
+                else:
+                    self.destroy_subscription(entity)
+            except Exception:  # already gone (node shutting down)
+                pass
+        self._io = []
+        self._detections_pub = self._debug_pub = self._vision_pub = self._diag_pub = None
+        with self._cond:
+            self._inputs = []  # frames not yet processed are dropped
+        if self.state == "active":
+            self.state = "inactive"
+
+    def _cleanup(self) -> None:
+        """Free the model and the detector (and give the freed heap back to the system)."""
+        self.estimator = None
+        self.params = None
+        self._bridge = None
+        if self.state in ("inactive", "active"):
+            self.state = "unconfigured"
+        import gc
+
+        gc.collect()
+        _trim_heap()
+
+    # ---------------------------------------------------------------------------------------------- parameters
+
+    def _declare_parameters(self) -> None:
+        """Declare every parameter (descriptions and ranges for `ros2 param describe`). A value of the wrong type
+        cannot be declared: the default takes its place and the problem is reported by configure."""
         overrides = getattr(self, "_parameter_overrides", {})
-        values, problems = {}, []
         for spec in NODE_PARAMETERS:
             override = overrides.get(spec.name)
             if spec.kind == "float" and override is not None and isinstance(override.value, int) \
@@ -294,19 +494,25 @@ class AgeGenderNode(Node):
                 overrides[spec.name] = Parameter(spec.name, value=[override.value])  # one topic -> [topic]
             default = list(spec.default) if isinstance(spec.default, list) else spec.default
             try:
-                values[spec.name] = self.declare_parameter(spec.name, default, _descriptor(spec)).value
+                self.declare_parameter(spec.name, default, _descriptor(spec))
             except (InvalidParameterTypeException, InvalidParameterValueException, TypeError, ValueError) as error:
                 given = overrides[spec.name].value if spec.name in overrides else default
-                problems.append(spec_problem(spec, given) or f"{spec.name}: {given!r}: {error}")
-                values[spec.name] = self.declare_parameter(spec.name, default, _descriptor(spec),
-                                                           ignore_override=True).value
+                self._declaration_problems[spec.name] = spec_problem(spec, given) or f"{spec.name}: {given!r}: {error}"
+                self.declare_parameter(spec.name, default, _descriptor(spec), ignore_override=True)
         known = set(PARAMETERS_BY_NAME) | {"use_sim_time", "start_type_description_service"}
         unknown = sorted(name for name in overrides if name not in known and not name.startswith("qos_overrides."))
         if unknown:
             _log_warning(self.get_logger(), "ignoring unknown parameter(s) (typo?): " + ", ".join(unknown))
-        values = {k: (list(v) if isinstance(v, (list, tuple, array.array)) else v) for k, v in values.items()}
+
+    def _current_values(self) -> dict:
+        values = {spec.name: self.get_parameter(spec.name).value for spec in NODE_PARAMETERS}
+        return {k: (list(v) if isinstance(v, (list, tuple, array.array)) else v) for k, v in values.items()}
+
+    def _read_parameters(self) -> dict:
+        problems = list(self._declaration_problems.values())
+        checked = None
         try:
-            checked = validate_parameters(values)
+            checked = validate_parameters(self._current_values())
         except ParameterError as error:  # every problem at once: the declaration ones and the rest
             problems += [problem for problem in error.problems if problem not in problems]
         if problems:
@@ -316,6 +522,82 @@ class AgeGenderNode(Node):
     def _parameter_error(self, problems: list[str]) -> str:
         return (f"invalid parameter(s) for {self.get_name()}:\n  " + "\n  ".join(problems)
                 + "\n(see `python -m agegender_ros.node --help` or docs/ros.md for the allowed values)")
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """`ros2 param set`: the start-up checks for each value; a parameter that is not live only while
+        unconfigured. An accepted live value applies from the next frame; a rejected one keeps the old value."""
+        problems, changes = [], {}
+        for parameter in parameters:
+            spec = PARAMETERS_BY_NAME.get(parameter.name)
+            if spec is None:
+                continue
+            value = parameter.value
+            if isinstance(value, (tuple, array.array)):
+                value = list(value)
+            if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            problem = spec_problem(spec, value)
+            if problem is None and not spec.live and self.state != "unconfigured":
+                problem = (f"{spec.name} cannot change while the node is {self.state} (it is used by configure): "
+                           "deactivate and clean up the node, set it, then configure and activate")
+            if problem:
+                problems.append(problem)
+            else:
+                changes[spec.name] = value
+        if changes and not problems:
+            merged = dict(self._current_values(), **changes)
+            try:
+                validate_parameters(merged, check_files=any(n in changes for n in ("weights", "engine")))
+            except ParameterError as error:
+                problems += [p for p in error.problems if any(name in p for name in changes)]
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        for name in changes:
+            self._declaration_problems.pop(name, None)
+        if self.params is not None and changes:
+            self._apply_live(changes)
+        return SetParametersResult(successful=True)
+
+    def _apply_live(self, changes: dict) -> None:
+        p = self.params
+        p.update(changes)
+        estimator = self.estimator
+        if estimator is not None:
+            detector = estimator.detector
+            if "score_threshold" in changes and hasattr(detector, "score_threshold"):
+                detector.score_threshold = float(changes["score_threshold"])
+            if "min_face_size" in changes:
+                estimator.min_face_size = float(changes["min_face_size"])
+                if hasattr(detector, "_min_size"):  # Haar's own minimum
+                    detector._min_size = max(24, int(changes["min_face_size"]))
+            if "max_faces" in changes:
+                estimator.max_faces = int(changes["max_faces"])
+            if "flip_tta" in changes:
+                estimator.flip_tta = bool(changes["flip_tta"])
+        if "warn_throttle_s" in changes:
+            for throttle in (self._decode_throttle, self._failure_throttle, self._size_throttle):
+                throttle.period_s = float(changes["warn_throttle_s"])
+        if {"tracking", "smoothing", "track_max_missed", "track_iou_threshold"} & set(changes):
+            for slot in list(self._inputs):
+                if not p["tracking"]:
+                    slot.tracker = None
+                elif slot.tracker is None:
+                    slot.tracker = self._new_tracker()
+                else:
+                    slot.tracker.smoothing = float(p["smoothing"])
+                    slot.tracker.max_missed = int(p["track_max_missed"])
+                    slot.tracker.iou_threshold = float(p["track_iou_threshold"])
+        if self.state == "active" and {"publish_debug_image", "publish_vision_msgs", "diagnostics_period_s"} & \
+                set(changes):
+            self._sync_optional_outputs()
+        self.get_logger().info("set " + ", ".join(f"{k} = {v!r}" for k, v in changes.items())
+                               + " (applies from the next frame)")
+
+    def _new_tracker(self) -> FaceTracker:
+        p = self.params
+        return FaceTracker(p["track_iou_threshold"], p["smoothing"], p["track_max_missed"], self._track_ids)
+
+    # ---------------------------------------------------------------------------------------------- start-up
 
     def _create_estimator(self):
         p = self.params
@@ -368,43 +650,6 @@ class AgeGenderNode(Node):
         return Estimator(detector, backend, max_faces=p["max_faces"], min_face_size=float(p["min_face_size"]),
                          flip_tta=bool(p["flip_tta"]))
 
-    def _setup_io(self) -> None:
-        p = self.params
-        raw_topics, compressed_topics = split_topics(p)
-        self._track_ids = TrackIds()
-        self._decode_throttle = Throttle(p["warn_throttle_s"])
-        self._failure_throttle = Throttle(p["warn_throttle_s"])
-        for topic, compressed in [(t, False) for t in raw_topics] + [(t, True) for t in compressed_topics]:
-            tracker = FaceTracker(p["track_iou_threshold"], p["smoothing"], p["track_max_missed"],
-                                  self._track_ids) if p["tracking"] else None
-            slot = _Input(topic, compressed, tracker)
-            self._inputs.append(slot)
-            self.create_subscription(CompressedImage if compressed else Image, topic,
-                                     lambda msg, slot=slot: self._on_image(slot, msg), INPUT_QOS)
-        self._detections_pub = self.create_publisher(AgeGenderArray, p["detections_topic"], DETECTIONS_QOS)
-        self._debug_pub = (self.create_publisher(Image, p["debug_image_topic"], DEBUG_IMAGE_QOS)
-                           if p["publish_debug_image"] else None)
-        self._vision_pub = None
-        if p["publish_vision_msgs"]:
-            if vision_msgs is not None:
-                self._vision_pub = self.create_publisher(vision_msgs.Detection2DArray, p["vision_msgs_topic"],
-                                                         DETECTIONS_QOS)
-            else:
-                self.get_logger().info("vision_msgs is not installed: no Detection2DArray output")
-        self._bridge = CvBridge() if CvBridge is not None else None
-        self._diag_pub = None
-        if p["diagnostics_period_s"] > 0:
-            if DiagnosticArray is not None:
-                self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
-                self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
-            else:
-                self.get_logger().info("diagnostic_msgs is not installed: no diagnostics")
-        inputs = ", ".join(f"{s.topic} ({'CompressedImage' if s.compressed else 'Image'})" for s in self._inputs)
-        self.get_logger().info(f"reading {inputs}; publishing {p['detections_topic']}"
-                               + (f", {p['debug_image_topic']}" if self._debug_pub else "")
-                               + (f", {p['vision_msgs_topic']}" if self._vision_pub else "")
-                               + (f", {DIAGNOSTICS_TOPIC}" if self._diag_pub else ""))
-
     # ------------------------------------------------------------------------------------------ callbacks
 
     def _on_image(self, slot: _Input, msg) -> None:
@@ -438,8 +683,10 @@ class AgeGenderNode(Node):
             return None
 
     def _work(self) -> None:
-        min_period = 1.0 / self.params["max_rate_hz"] if self.params["max_rate_hz"] > 0 else 0.0
+        params = self.params
         while not self._stop.is_set():
+            rate = params["max_rate_hz"]  # live: read for every frame
+            min_period = 1.0 / rate if rate > 0 else 0.0
             if min_period:
                 wait = self._last_start + min_period - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
@@ -455,19 +702,20 @@ class AgeGenderNode(Node):
 
     # ------------------------------------------------------------------------------------------ processing
 
-    def _decode(self, slot: _Input, msg) -> np.ndarray:
+    def _decode(self, slot: _Input, msg, max_pixels: int) -> np.ndarray:
         if slot.compressed:
             if self._bridge is not None and not msg.data:
                 raise ImageDecodeError("compressed image has no data")
-            return decode_compressed(msg.format, msg.data)
+            return decode_compressed(msg.format, msg.data, max_pixels=max_pixels)
         try:
-            return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+            return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian),
+                              max_pixels=max_pixels)
         except ImageDecodeError as error:
             if self._bridge is None or not str(error).startswith("unsupported encoding"):
                 raise
         # An encoding only cv_bridge knows (Bayer, 16-bit colour, ...): check the geometry, then let it convert.
-        if not 0 < msg.height * msg.width <= 40_000_000 or msg.step < msg.width \
-                or len(msg.data) < msg.step * msg.height:
+        check_image_size(int(msg.height), int(msg.width), max_pixels)
+        if msg.step < msg.width or len(msg.data) < msg.step * msg.height:
             raise ImageDecodeError(f"{msg.encoding}: inconsistent size {msg.width}x{msg.height}, step {msg.step}, "
                                    f"{len(msg.data)} bytes")
         try:
@@ -486,8 +734,20 @@ class AgeGenderNode(Node):
                                     + (f" ({held} more failures suppressed)" if held else ""))
 
     def _process(self, slot: _Input, msg, received_at: float) -> None:
+        params, estimator = self.params, self.estimator
+        if params is None or estimator is None:  # cleaned up meanwhile
+            return
         try:
-            frame = self._decode(slot, msg)
+            frame = self._decode(slot, msg, params["max_image_pixels"])
+        except ImageTooLarge as error:  # refused from the header alone: nothing was decoded
+            with self._lock:
+                self.stats["oversized"] += 1
+                self._period.errors += 1
+            held = self._size_throttle.check()
+            if held is not None:
+                _log_warning(self.get_logger(), f"{slot.topic}: skipping an image: {error}"
+                             + (f" ({held} more too large since the last warning)" if held else ""))
+            return
         except Exception as error:  # ImageDecodeError, or anything a malformed message provokes
             with self._lock:
                 self.stats["decode_errors"] += 1
@@ -498,14 +758,18 @@ class AgeGenderNode(Node):
                 _log_warning(self.get_logger(), f"{slot.topic}: skipping a malformed image: {reason}"
                              + (f" ({held} more malformed images skipped since the last warning)" if held else ""))
             return
+        tracker = slot.tracker  # live parameters may swap it
         try:
-            faces = self.estimator(frame)
-            tracked = slot.tracker.update(faces) if slot.tracker is not None else untracked(faces)
+            faces = estimator(frame)
+            tracked = tracker.update(faces) if tracker is not None else untracked(faces)
         except Exception as error:
             self._count_failure(slot, f"{type(error).__name__}: {error}")
             return
+        detections_pub, vision_pub, debug_pub = self._detections_pub, self._vision_pub, self._debug_pub
+        if detections_pub is None:  # deactivated meanwhile
+            return
         height, width = frame.shape[:2]
-        self._detections_pub.publish(faces_to_message(msg.header, tracked, width, height))
+        detections_pub.publish(faces_to_message(msg.header, tracked, width, height))
         done = time.monotonic()
         stamp_ns = stamp_to_ns(msg.header.stamp)
         latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6 if stamp_ns > 0 else None
@@ -516,18 +780,19 @@ class AgeGenderNode(Node):
             self._period.processing_ms.append((done - received_at) * 1000.0)
             if latency_ms is not None:
                 self._period.latency_ms.append(latency_ms)
-        if self._vision_pub is not None:
-            self._vision_pub.publish(detection2d_array(vision_msgs, msg.header, tracked))
-        if self._debug_pub is not None and _subscriber_count(self, self._debug_pub, self.params["debug_image_topic"]):
+        if vision_pub is not None:
+            vision_pub.publish(detection2d_array(vision_msgs, msg.header, tracked))
+        if debug_pub is not None and _subscriber_count(self, debug_pub, params["debug_image_topic"]):
             from agegender_ros.estimator import draw_estimates
 
             labels = [(f"#{f.track_id} " if f.track_id else "") + f"{f.age:.0f} {f.gender[0].upper()}"
                       for f in tracked]
-            self._debug_pub.publish(image_message(encode_raw(draw_estimates(frame, tracked, labels)), msg.header))
+            debug_pub.publish(image_message(encode_raw(draw_estimates(frame, tracked, labels)), msg.header))
 
     # ------------------------------------------------------------------------------------------ diagnostics
 
     def _publish_diagnostics(self) -> None:
+        estimator = self.estimator
         now = time.monotonic()
         with self._lock:
             period, self._period = self._period, _Period()
@@ -564,27 +829,36 @@ class AgeGenderNode(Node):
             ("frames_processed", str(totals["processed"])),
             ("frames_dropped", str(totals["dropped"])),
             ("malformed_images", str(totals["decode_errors"])),
+            ("too_large_images", str(totals["oversized"])),
             ("failed_frames", str(totals["failures"])),
             ("faces", str(totals["faces"])),
-            ("detector", getattr(self.estimator.detector, "name", "?")),
-            ("backend", getattr(self.estimator.backend, "name", "?")),
+            ("detector", getattr(getattr(estimator, "detector", None), "name", "?")),
+            ("backend", getattr(getattr(estimator, "backend", None), "name", "?")),
         ]
         status.values = [KeyValue(key=k, value=v) for k, v in values]
         out = DiagnosticArray()
         out.header.stamp = self.get_clock().now().to_msg()
         out.status = [status]
-        self._diag_pub.publish(out)
+        publisher = self._diag_pub
+        if publisher is not None:
+            publisher.publish(out)
 
     # ------------------------------------------------------------------------------------------ shutdown
 
     def destroy_node(self):
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=10.0)
+        self._deactivate()
         return super().destroy_node()
+
+
+def _trim_heap() -> None:
+    """Give memory freed by the cleanup transition back to the system (glibc keeps it otherwise)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl, ...)
+            pass
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -602,11 +876,58 @@ def _try_shutdown(context=None) -> None:
         pass
 
 
+def ros_arguments_problem(argv: list, error: Exception) -> str:
+    """One line for ROS arguments rcl cannot parse (instead of rclpy's traceback): for a params file, what is wrong
+    with it and where; otherwise rcl's message without its source locations."""
+    from agegender_ros.launch_args import params_file_problem
+
+    for flag, path in zip(argv, argv[1:]):
+        if flag == "--params-file":
+            problem = params_file_problem(path)
+            if problem:
+                return problem.replace("launch argument params_file: ", "--params-file ")
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return "cannot parse the ROS arguments: " + re.sub(r", at /\S+:\d+", "", text)
+
+
+def exit_with_parent(poll_s: float = 0.5) -> bool:
+    """End this process cleanly (rclpy shut down, as by Ctrl-C) when the process that started it goes away.
+
+    `ros2 launch` killed with SIGTERM (or SIGKILL) does not stop the processes it started; without this the
+    node went on running under PID 1. A daemon thread polls the parent PID: portable (Linux, macOS; Foxy to
+    Jazzy) and, unlike prctl(PR_SET_PDEATHSIG), not fooled by the launching *thread* ending while its process
+    lives on. It shuts rclpy down itself rather than signalling: a process started in the background of a
+    script runs with SIGINT ignored. Should the clean exit hang, the process ends 10 s later. Not started when the node was already orphaned or daemonised at start (parent PID 1), or when
+    AGEGENDER_EXIT_WITH_PARENT=0. Returns whether the watch runs.
+    """
+    parent = os.getppid()
+    if parent <= 1 or os.environ.get("AGEGENDER_EXIT_WITH_PARENT", "1").strip() == "0":
+        return False
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        _try_shutdown()
+        try:  # the parent's end of a pipe to stderr may be gone with it
+            print(f"agegender_node: the parent process {parent} is gone; shut down", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+        time.sleep(10.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="agegender_parent_watch", daemon=True).start()
+    return True
+
+
 def main(argv: list | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     from rclpy.utilities import remove_ros_args
 
-    own = remove_ros_args(args=argv)[1:]
+    try:
+        own = remove_ros_args(args=argv)[1:]
+    except Exception as error:  # RCLInvalidROSArgsError: e.g. a params file that is not valid YAML
+        print(f"agegender_node: {ros_arguments_problem(argv, error)}", file=sys.stderr)
+        return EXIT_BAD_PARAMETERS
     if own:
         if own[0] in ("-h", "--help"):
             print(__doc__.split("\n\n")[0] + "\n")
@@ -616,10 +937,16 @@ def main(argv: list | None = None) -> int:
               "(see --help)", file=sys.stderr)
         return EXIT_BAD_PARAMETERS
     rclpy.init(args=argv)
+    exit_with_parent()
     node = None
     try:
         node = AgeGenderNode()
-        rclpy.spin(node)
+        from rclpy.executors import SingleThreadedExecutor
+
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok() and not node.finalized.is_set():  # `ros2 lifecycle set ... shutdown` ends the process
+            executor.spin_once(timeout_sec=0.25)
     except StartupError as error:
         node = None  # destroyed already
         print(f"agegender_node: {'invalid parameters' if error.exit_code == EXIT_BAD_PARAMETERS else 'error'}, "
@@ -628,6 +955,10 @@ def main(argv: list | None = None) -> int:
         return error.exit_code
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # rclpy was shut down (parent gone, SIGTERM) while the node was starting: not an error of the node.
     finally:
         # A second Ctrl-C (or SIGINT sent to the whole process group, as `timeout` and some launchers do) must
         # not interrupt the clean-up; SIGTERM / SIGKILL still end the process.

@@ -4,7 +4,8 @@
 H x W x 3 BGR uint8 array; `decode_compressed(format, data)` does the same for a sensor_msgs/CompressedImage
 (JPEG or PNG, as image_transport's `compressed` plugin sends them). Both check the message against itself
 first (size, step, data length, header dimensions) and raise `ImageDecodeError` with a one-line reason on
-anything malformed, so a broken publisher can never crash the node or make it allocate gigabytes.
+anything malformed, so a broken publisher can never crash the node or make it allocate gigabytes: an image
+larger than `max_pixels` (the node's max_image_pixels) raises `ImageTooLarge` from its declared size alone.
 `encode_raw(frame)` gives the fields of a bgr8 sensor_msgs/Image (the node's debug image).
 
 Supported raw encodings (names as in sensor_msgs/image_encodings.hpp):
@@ -21,9 +22,14 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-# Largest frame accepted (pixels): 8K UHD is 33 Mpx; anything claiming more is treated as malformed.
-MAX_PIXELS = 40_000_000
-MAX_SIDE = 16384
+from agegender_ros.image_header import declared_size
+
+from agegender_ros.image_header import declared_size
+
+# Largest frame accepted by default (the node's max_image_pixels, `agegender bag --max-image-pixels`): 8K UHD,
+# 7680 x 4320 = 33.2 Mpx, the largest video camera frame. Anything larger is refused from its declared size.
+MAX_PIXELS = 7680 * 4320
+MAX_SIDE = 65535  # JPEG's own limit
 
 # encoding -> (channels, bytes per channel, conversion to BGR: a cv2.COLOR_* code, None = none needed)
 _RAW_ENCODINGS = {
@@ -62,11 +68,22 @@ class RawImage(NamedTuple):
     is_bigendian: bool = False
 
 
-def _check_size(height: int, width: int, max_pixels: int) -> None:
+class ImageTooLarge(ImageDecodeError):
+    """An image larger than the pixels accepted (max_image_pixels), refused from its declared size: nothing was
+    decoded or allocated."""
+
+
+def check_image_size(height: int, width: int, max_pixels: int = MAX_PIXELS) -> None:
+    """Raise ImageDecodeError for an empty size, ImageTooLarge for more than `max_pixels` (or a side over
+    MAX_SIDE)."""
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f"empty image ({width}x{height})")
-    if height > MAX_SIDE or width > MAX_SIDE or height * width > max_pixels:
-        raise ImageDecodeError(f"image size {width}x{height} is larger than the {max_pixels} pixels accepted")
+    if height * width > max_pixels or height > MAX_SIDE or width > MAX_SIDE:
+        raise ImageTooLarge(f"image {width}x{height} ({width * height:,} pixels) is larger than max_image_pixels "
+                            f"{max_pixels:,}: refused without decoding it (raise max_image_pixels to accept it)")
+
+
+_check_size = check_image_size
 
 
 def decode_raw(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False,
@@ -112,37 +129,8 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data, is_bigen
 
 def _compressed_size(data: memoryview) -> tuple[str, int, int] | None:
     """(kind, width, height) read from a JPEG's SOF or a PNG's IHDR header, or None when not found."""
-    if bytes(data[:8]) == b"\x89PNG\r\n\x1a\n":
-        if len(data) < 24 or bytes(data[12:16]) != b"IHDR":
-            return None
-        return "png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if bytes(data[:2]) == b"\xff\xd8":
-        i, n = 2, len(data)
-        while i + 4 <= n:
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0x01,) or 0xD0 <= marker <= 0xD7:  # standalone markers
-                i += 2
-                continue
-            length = int.from_bytes(data[i + 2:i + 4], "big")
-            if length < 2:
-                return None
-            # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                if i + 9 > n:
-                    return None
-                height = int.from_bytes(data[i + 5:i + 7], "big")
-                width = int.from_bytes(data[i + 7:i + 9], "big")
-                return "jpeg", width, height
-            if marker == 0xDA:  # start of scan before any SOF
-                return None
-            i += 2 + length
-        return None
-    return None
+    header = declared_size(data)
+    return header if header is not None and header[0] in ("jpeg", "png") else None
 
 
 def decode_compressed(fmt: str, data, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -16,7 +16,7 @@
 #   AGEGENDER_TEST_TIMEOUT=1800      hard limit (s) for `colcon test`, killed with SIGKILL after it
 #   AGEGENDER_SKIP_BUILD=1           only test what is already built
 #   AGEGENDER_TESTS=REGEX            run only the CTest tests matching REGEX (pytest, launch_detections,
-#                                    launch_failures)
+#                                    launch_lifecycle, launch_failures)
 #   AGEGENDER_BUILD_BASE=build AGEGENDER_INSTALL_BASE=install   colcon's build and install folders
 # Exit status: non-zero when the build fails or any test fails.
 set -euo pipefail
@@ -68,6 +68,17 @@ TEST_ARGS=(--return-code-on-test-failure --event-handlers console_direct+)
 if [[ -n "${AGEGENDER_TESTS:-}" ]]; then
   TEST_ARGS+=(--ctest-args -R "$AGEGENDER_TESTS")
 fi
+# Everything the tests write outside the repository -- pytest's tmp_path folders, the launch tests' files,
+# caches of exported models and preprocessed faces (AGEGENDER_CACHE) -- goes to one scratch folder, removed when
+# this script ends: nothing is left in /tmp or ~/.cache.
+SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/agegender-test-XXXXXX")"
+trap 'rm -rf "$SCRATCH"' EXIT
+export TMPDIR="$SCRATCH" AGEGENDER_CACHE="$SCRATCH/cache" AGEGENDER_TRT_CACHE="$SCRATCH/ort-trt"
+# With the ROS 2 tools built here, a ROS package the tests import (launch_ros, agegender_ros.msg, ...) that is
+# missing means a broken build: the tests fail instead of skipping (conftest.ros_import).
+if [[ -n "$UNDERLAY" ]]; then
+  export AGEGENDER_REQUIRE_ROS=1
+fi
 # Results of an earlier run must not count (colcon test-result reads every result file in the build folder).
 rm -rf "$BUILD_BASE/agegender_ros/test_results"
 t0=$SECONDS
@@ -80,7 +91,7 @@ colcon test-result --test-result-base "$BUILD_BASE" --verbose || rc=$((rc ? rc :
 # With the ROS 2 tools built here, the launch tests must have run: a registration that silently went away
 # (launch_testing_ament_cmake not found) would otherwise pass unnoticed.
 if [[ -n "$UNDERLAY" && -z "${AGEGENDER_TESTS:-}" ]]; then
-  for name in launch_detections launch_failures; do
+  for name in launch_detections launch_lifecycle launch_failures; do
     if [[ ! -f "$BUILD_BASE/agegender_ros/test_results/agegender_ros/$name.xunit.xml" ]]; then
       echo "ros_build_test.sh: the launch test $name did not run (see the CMake output of the build)" >&2
       rc=$((rc ? rc : 1))

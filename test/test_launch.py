@@ -1,14 +1,15 @@
 """The launch file and its ROS-free logic (agegender_ros.launch_args), the parameter table, the config files,
 and Python 3.8 syntax of the modules that run on a Jetson.
 
-launch/nano.launch.py is exercised here twice: with small stand-ins for the `launch` / `launch_ros` classes it
-uses (always), and with the real packages where they import (skipped otherwise, with the reason). The real
-`ros2 launch` runs in the launch tests, test/launch/*.py (add_launch_test in CMakeLists.txt).
+launch/nano.launch.py is loaded with the real `launch` / `launch_ros` packages and its OpaqueFunction run in a real
+LaunchContext (skipped where they are missing, an error where the underlay was built: AGEGENDER_REQUIRE_ROS=1).
+The real `ros2 launch` runs in the launch tests, test/launch/*.py (add_launch_test in CMakeLists.txt).
 """
 from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from agegender_ros import launch_args as la
+from conftest import ros_import
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "nano.launch.py"
@@ -203,6 +205,83 @@ def test_bad_launch_arguments(values, message):
         la.plan_launch(values, str(REPO))
 
 
+def test_every_node_parameter_is_a_checked_launch_argument():
+    """detector:=nonsense used to start SCRFD silently (a node parameter, not a launch argument)."""
+    names = [a.name for a in la.LAUNCH_ARGUMENTS]
+    assert len(names) == len(set(names))
+    for spec in la.NODE_PARAMETERS:
+        assert spec.name in names, spec.name
+    plan = la.plan_launch({"detector": "haar", "score_threshold": "0.6", "max_faces": "4", "flip_tta": "true",
+                           "smoothing": "0", "detections_topic": "/out/faces", "tracking": "off"}, str(REPO))
+    assert plan.node.parameters[1] == {"detector": "haar", "score_threshold": 0.6, "max_faces": 4,
+                                       "flip_tta": True, "smoothing": 0.0, "detections_topic": "/out/faces",
+                                       "tracking": False}
+    assert isinstance(plan.node.parameters[1]["smoothing"], float)  # rclpy types parameters strictly
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"detector": "nonsense"}, "launch argument detector: 'nonsense' is not one of auto, scrfd, blazeface, haar"),
+    ({"score_threshold": "1.5"}, "launch argument score_threshold: 1.5 is outside the allowed range 0.0..1.0"),
+    ({"max_faces": "many"}, "launch argument max_faces: 'many' is not an integer"),
+    ({"max_faces": "2.5"}, "launch argument max_faces: '2.5' is not an integer"),
+    ({"smoothing": "x"}, "launch argument smoothing: 'x' is not a number"),
+    ({"flip_tta": "sometimes"}, "launch argument flip_tta: 'sometimes' is not true or false"),
+    ({"image_topics": "not a topic"}, "launch argument image_topics: 'not a topic' is not a valid ROS topic name"),
+    ({"compressed_image_topics": "/ok, bad name"}, "'bad name' is not a valid ROS topic name"),
+    ({"detections_topic": "no spaces please"}, "launch argument detections_topic: 'no spaces please' is not"),
+])
+def test_launch_arguments_get_the_nodes_rules(values, message):
+    with pytest.raises(la.ParameterError) as info:
+        la.plan_launch(values, str(REPO))
+    assert message in str(info.value)
+
+
+def test_topic_lists_split_on_commas_only():
+    assert la.parse_list("/a, /b") == ["/a", "/b"]
+    assert la.parse_list("['/a', '/b']") == ["/a", "/b"]
+    assert la.parse_list("not a topic") == ["not a topic"]  # one (invalid) name, not three topics
+    assert la.parse_list("[]") == [] and la.parse_list("") == []
+
+
+def test_unknown_launch_arguments_are_refused_with_the_closest_name():
+    with pytest.raises(la.ParameterError) as info:
+        la.plan_launch({}, str(REPO), given=["detectr", "image_topic", "camera", "frobnicate"])
+    problems = info.value.problems
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("unknown launch argument 'detectr' (did you mean 'detector'?)")
+    assert "(did you mean 'image_topics'?)" in problems[1]
+    assert problems[2].startswith("unknown launch argument 'frobnicate';") and "--show-args" in problems[2]
+    assert la.plan_launch({}, str(REPO), given=["camera", "detector"]).camera is None
+
+
+def test_only_the_command_line_of_this_launch_file_is_judged():
+    argv = ["/opt/ros/jazzy/bin/ros2", "launch", "agegender_ros", "nano.launch.py", "detectr:=scrfd",
+            "launch-prefix:=gdb -ex run"]
+    assert la.command_line_arguments(argv) == ["detectr"]
+    assert la.command_line_arguments(["ros2", "launch", "/ws/src/agegender_ros/launch/nano.launch.py",
+                                      "a:=1"]) == ["a"]
+    # Included from another launch file: that file's arguments are not ours to refuse.
+    assert la.command_line_arguments(["ros2", "launch", "robot_bringup", "robot.launch.py", "robot:=r2"]) is None
+    assert la.command_line_arguments(["launch_test", "test/launch/launch_detections.py"]) is None
+
+
+@pytest.mark.parametrize("text,message", [
+    ("/**:\n  ros__parameters:\n    score_threshold: [1,\n", "is not valid YAML at line 4, column 1"),
+    ("/**:\n  ros__parameters:\n\tmax_faces: 3\n", "is not valid YAML at line 3"),
+    ("- a\n- b\n", "holds no `<node name or /**>: {ros__parameters: ...}` map"),
+    ("/**:\n  max_faces: 3\n", "'/**' has no `ros__parameters:` map"),
+])
+def test_params_file_problems_are_one_clear_line(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    problem = la.params_file_problem(str(path))
+    assert problem is not None and message in problem and "\n" not in problem, problem
+    with pytest.raises(la.ParameterError, match="launch argument params_file"):
+        la.plan_launch({"params_file": str(path)}, str(REPO))
+    for config in CONFIGS:
+        assert la.params_file_problem(str(config)) is None
+
+
 # ---------------------------------------------------------------------------------------- the DDS transport
 PROFILE = REPO / "config" / la.DDS_PROFILE_FILE
 BOTH_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
@@ -280,127 +359,121 @@ def _load_launch_file():
     return module
 
 
-def _stand_in_modules():
-    """Minimal stand-ins for the launch / launch_ros / ament_index_python API the launch file uses."""
-
-    class Recorder:
-        def __init__(self, *args, **kwargs):
-            self.args, self.kwargs = args, kwargs
-
-    class LaunchConfiguration:
-        def __init__(self, name):
-            self.name = name
-
-        def perform(self, context):
-            return context.launch_configurations[self.name]
-
-    class OpaqueFunction:
-        def __init__(self, function):
-            self.function = function
-
-    class LaunchDescription:
-        def __init__(self, entities):
-            self.entities = list(entities)
-
-    class GroupAction:
-        def __init__(self, actions, scoped=True, forwarding=True):
-            self.actions, self.scoped, self.forwarding = list(actions), scoped, forwarding
-
-    class OnProcessExit:
-        def __init__(self, target_action, on_exit):
-            self.target_action, self.on_exit = target_action, on_exit
-
-    launch = types.ModuleType("launch")
-    launch.LaunchDescription = LaunchDescription
-    launch.actions = types.ModuleType("launch.actions")
-    launch.actions.DeclareLaunchArgument = type("DeclareLaunchArgument", (Recorder,), {})
-    launch.actions.OpaqueFunction = OpaqueFunction
-    launch.actions.GroupAction = GroupAction
-    launch.actions.RegisterEventHandler = type("RegisterEventHandler", (Recorder,), {})
-    launch.actions.SetEnvironmentVariable = type("SetEnvironmentVariable", (Recorder,), {})
-    launch.event_handlers = types.ModuleType("launch.event_handlers")
-    launch.event_handlers.OnProcessExit = OnProcessExit
-    launch.substitutions = types.ModuleType("launch.substitutions")
-    launch.substitutions.LaunchConfiguration = LaunchConfiguration
-    launch_ros = types.ModuleType("launch_ros")
-    launch_ros.actions = types.ModuleType("launch_ros.actions")
-    launch_ros.actions.Node = type("Node", (Recorder,), {})
-    ament = types.ModuleType("ament_index_python")
-    ament.packages = types.ModuleType("ament_index_python.packages")
-    ament.packages.get_package_share_directory = lambda name: str(REPO)
-    return {"launch": launch, "launch.actions": launch.actions, "launch.substitutions": launch.substitutions,
-            "launch.event_handlers": launch.event_handlers,
-            "launch_ros": launch_ros, "launch_ros.actions": launch_ros.actions,
-            "ament_index_python": ament, "ament_index_python.packages": ament.packages}
+def _real_launch():
+    """The real launch / launch_ros (built from ../shared/ros2 into the underlay, or a ROS 2 installation). Where
+    the underlay was built (AGEGENDER_REQUIRE_ROS=1) their absence is an error, elsewhere a skip."""
+    ros_import("launch_ros", "launch_ros is not installed (no wheel on PyPI: built from ../shared/ros2 by "
+                             "scripts/ros_underlay.sh, or from a ROS 2 install)")
 
 
-def test_launch_file_with_stand_ins(monkeypatch):
-    for name, module in _stand_in_modules().items():
-        monkeypatch.setitem(sys.modules, name, module)
-    description = _load_launch_file().generate_launch_description()
-    declared = [e for e in description.entities if type(e).__name__ == "DeclareLaunchArgument"]
-    assert [d.args[0] for d in declared] == [a.name for a in la.LAUNCH_ARGUMENTS]
-    camera_arg = next(d for d in declared if d.args[0] == "camera")
-    assert camera_arg.kwargs["default_value"] == "none" and camera_arg.kwargs["choices"] == list(la.CAMERAS)
-    opaque = description.entities[-1]
-
-    def run(environment=None, **values):
-        context = types.SimpleNamespace(launch_configurations={**la.LAUNCH_DEFAULTS, **values},
-                                        environment=environment or {}, is_shutdown=False)
-        (group,) = opaque.function(context)
-        assert group.scoped and group.forwarding  # the variables reach only the processes of this launch
-        by_type = {}
-        for action in group.actions:
-            by_type.setdefault(type(action).__name__, []).append(action)
-        assert type(group.actions[-1]).__name__ == "Node"
-        return context, by_type
-
-    _, actions = run()
-    (node,) = [a.kwargs for a in actions["Node"]]
-    assert node["package"] == "agegender_ros" and node["executable"] == "agegender_node"
-    assert node["parameters"] == [str(REPO / "config" / "nano.yaml")]
-    assert sorted(a.args for a in actions["SetEnvironmentVariable"]) == [
-        (name, str(REPO / "config" / la.DDS_PROFILE_FILE)) for name in sorted(BOTH_VARIABLES)]
-    # The node is required: an exit with an error stops the launch with the node's reason (ros2 launch exits 1).
-    (handler,) = [a.args[0] for a in actions["RegisterEventHandler"]]
-    assert handler.target_action is actions["Node"][0]
-    context = types.SimpleNamespace(is_shutdown=False)
-    assert handler.on_exit(types.SimpleNamespace(returncode=0), context) is None
-    with pytest.raises(RuntimeError, match="agegender_node exited with status 2 \\(invalid parameters"):
-        handler.on_exit(types.SimpleNamespace(returncode=2), context)
-    assert handler.on_exit(types.SimpleNamespace(returncode=-15), types.SimpleNamespace(is_shutdown=True)) is None
-
-    _, actions = run(camera="v4l2", image_topics="/cam/image_raw", backend="onnxruntime",
-                     environment={"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"})
-    camera, node = [a.kwargs for a in actions["Node"]]
-    assert camera["package"] == "v4l2_camera" and ("image_raw", "/cam/image_raw") in camera["remappings"]
-    assert node["parameters"][1] == {"image_topics": ["/cam/image_raw"], "backend": "onnxruntime"}
-    assert "SetEnvironmentVariable" not in actions
-    with pytest.raises(la.ParameterError):
-        run(backend="nope")
-
-
-def test_launch_file_with_real_launch_ros():
-    pytest.importorskip("launch_ros", reason="launch_ros is not installed (no wheel on PyPI: built from "
-                                             "../shared/ros2 by scripts/ros_underlay.sh, or from a ROS 2 install)")
+def _visit_launch_file(monkeypatch, values=None, environment=None, argv=None):
+    """Load launch/nano.launch.py with the real launch packages, declare its arguments in a real LaunchContext,
+    set `values` as if given on the command line, and run its OpaqueFunction. Returns (the module, the declared
+    arguments, its GroupAction, the context)."""
+    _real_launch()
     from launch import LaunchContext
-    from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, SetEnvironmentVariable
-    from launch_ros.actions import Node
+    from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
 
-    description = _load_launch_file().generate_launch_description()
+    module = _load_launch_file()
+    monkeypatch.setattr(module, "get_package_share_directory", lambda name: str(REPO))  # the source tree
+    monkeypatch.setattr(sys, "argv", argv or ["ros2", "launch", "agegender_ros", "nano.launch.py"] +
+                        [f"{k}:={v}" for k, v in (values or {}).items()])
+    for name in ("RMW_IMPLEMENTATION",) + BOTH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (environment or {}).items():
+        monkeypatch.setenv(name, value)
+    description = module.generate_launch_description()
     declared = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
-    assert [d.name for d in declared] == [a.name for a in la.LAUNCH_ARGUMENTS]
     context = LaunchContext()
     for action in declared:
         action.visit(context)
-    context.launch_configurations["params_file"] = str(REPO / "config" / "nano.yaml")
-    context.launch_configurations["camera"] = "v4l2"
+    context.launch_configurations.update(values or {})
     opaque = next(e for e in description.entities if isinstance(e, OpaqueFunction))
     (group,) = opaque.visit(context)
     assert isinstance(group, GroupAction)
-    actions = group.get_sub_entities()
-    assert len([a for a in actions if isinstance(a, Node)]) == 2
-    assert len([a for a in actions if isinstance(a, SetEnvironmentVariable)]) in (0, 2)  # 0: not Fast DDS
+    return module, declared, group, context
+
+
+def _by_type(group):
+    by_type = {}
+    for action in group.get_sub_entities():
+        by_type.setdefault(type(action).__name__, []).append(action)
+    return by_type
+
+
+def _launch_parameter_files():
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"agegender_launch-{os.getuid()}"
+    return sorted(folder.glob(f"{os.getpid()}-*.yaml")) if folder.is_dir() else []
+
+
+def test_launch_file_with_real_launch_ros(monkeypatch):
+    from launch.utilities import perform_substitutions
+
+    before = _launch_parameter_files()
+    module, declared, group, context = _visit_launch_file(monkeypatch)
+    assert [d.name for d in declared] == [a.name for a in la.LAUNCH_ARGUMENTS]
+    camera_arg = next(d for d in declared if d.name == "camera")
+    assert camera_arg.choices == list(la.CAMERAS)
+    actions = _by_type(group)
+    # Scoped with forwarding: the variables reach only the processes of this launch.
+    names = [type(a).__name__ for a in group.get_sub_entities()]
+    assert names[:2] == ["PushLaunchConfigurations", "PushEnvironment"]
+    assert names[-2:] == ["PopEnvironment", "PopLaunchConfigurations"]
+    (node,) = actions["Node"]
+    assert (node.node_package, node.node_executable) == ("agegender_ros", "agegender_node")
+    assert sorted((perform_substitutions(context, a.name), perform_substitutions(context, a.value))
+                  for a in actions["SetEnvironmentVariable"]) == [
+        (name, str(REPO / "config" / la.DDS_PROFILE_FILE)) for name in sorted(BOTH_VARIABLES)]
+    assert _launch_parameter_files() == before  # no launch argument given: no parameter file written
+    # The node is required: an exit with an error stops the launch with the node's reason (ros2 launch exits 1).
+    (handler,) = [a.event_handler for a in actions["RegisterEventHandler"]]
+    assert type(handler).__name__ == "OnProcessExit"
+    on_exit = module._exit_handler("agegender_node")
+    running = types.SimpleNamespace(is_shutdown=False)
+    assert on_exit(types.SimpleNamespace(returncode=0), running) is None
+    with pytest.raises(RuntimeError, match="agegender_node exited with status 2 \\(invalid parameters"):
+        on_exit(types.SimpleNamespace(returncode=2), running)
+    assert on_exit(types.SimpleNamespace(returncode=-15), types.SimpleNamespace(is_shutdown=True)) is None
+
+
+def test_launch_file_passes_arguments_in_a_file_it_removes(monkeypatch):
+    """Launch arguments reach the node in a YAML file of the launch's own (launch_ros would leave a
+    /tmp/launch_params_* file per launch), removed on shutdown."""
+    from launch.events import Shutdown
+
+    _, _, group, context = _visit_launch_file(
+        monkeypatch, {"camera": "v4l2", "image_topics": "/cam/image_raw", "backend": "onnxruntime",
+                      "score_threshold": "0.6"}, environment={"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"})
+    actions = _by_type(group)
+    camera, node = actions["Node"]
+    assert (camera.node_package, node.node_package) == ("v4l2_camera", "agegender_ros")
+    assert "SetEnvironmentVariable" not in actions  # not Fast DDS: no profile
+    (path,) = _launch_parameter_files()
+    assert yaml.safe_load(path.read_text()) == {"/**": {"ros__parameters": {
+        "image_topics": ["/cam/image_raw"], "backend": "onnxruntime", "score_threshold": 0.6}}}
+    handlers = [a.event_handler for a in actions["RegisterEventHandler"]]
+    (on_shutdown,) = [h for h in handlers if type(h).__name__ == "OnShutdown"]
+    on_shutdown.handle(Shutdown(), context)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"backend": "nope"}, "backend: 'nope' is not one of"),
+    ({"detectr": "scrfd"}, "unknown launch argument 'detectr' (did you mean 'detector'?)"),
+    ({"image_topics": "not a topic"}, "'not a topic' is not a valid ROS topic name"),
+])
+def test_launch_file_refuses_bad_arguments(monkeypatch, values, message):
+    with pytest.raises(la.ParameterError) as info:
+        _visit_launch_file(monkeypatch, values)
+    assert message in str(info.value)
+
+
+def test_launch_file_included_elsewhere_leaves_the_parents_arguments_alone(monkeypatch):
+    _, _, group, _ = _visit_launch_file(monkeypatch, {"robot_name": "r2"},
+                                        argv=["ros2", "launch", "my_robot", "bringup.launch.py", "robot_name:=r2"])
+    assert len(_by_type(group)["Node"]) == 1
 
 
 # ----------------------------------------------------------------------------------------- Python 3.8 syntax

@@ -391,25 +391,29 @@ def _malformed_messages(node_module, astronaut):
 
 def test_survives_a_flood_of_malformed_messages(live, astronaut, capfd):
     node, probe = live.node, live.probe
+
+    def refused():  # malformed, and too large (refused from the declared size)
+        return node.stats["decode_errors"] + node.stats["oversized"]
+
     before = dict(node.stats)
     throttle_before = node._decode_throttle.emitted
     start = time.monotonic()
     sent = 0
     kinds_seen = set()
     for kind, msg in _malformed_messages(live.module, astronaut):
-        if node.stats["decode_errors"] - before["decode_errors"] >= 1000 or sent >= 1600:
+        if refused() - before["decode_errors"] - before["oversized"] >= 1000 or sent >= 1600:
             break
-        errors = node.stats["decode_errors"]
+        errors = refused()
         (probe.compressed_pub if hasattr(msg, "format") else probe.image_pub).publish(msg)
         sent += 1
         # Pace the flood so that each message reaches the decoder (the node keeps only the newest frame).
         deadline = time.monotonic() + 0.5
-        while node.stats["decode_errors"] == errors and time.monotonic() < deadline:
+        while refused() == errors and time.monotonic() < deadline:
             time.sleep(0.0005)
-        if node.stats["decode_errors"] > errors:
+        if refused() > errors:
             kinds_seen.add(kind)
     elapsed = time.monotonic() - start
-    rejected = node.stats["decode_errors"] - before["decode_errors"]
+    rejected = refused() - before["decode_errors"] - before["oversized"]
     assert rejected >= 1000, f"only {rejected} of {sent} malformed messages reached the decoder in {elapsed:.0f} s"
     assert len(kinds_seen) == 16, kinds_seen
     assert node.stats["processed"] == before["processed"]  # none of them produced a detection
@@ -424,11 +428,13 @@ def test_survives_a_flood_of_malformed_messages(live, astronaut, capfd):
     for encoding in ("bgr8", "jpeg", "rgb8"):
         stamp, msg = probe.request(astronaut, encoding, timeout=15)
         assert len(msg.faces) == 1 and _inside(_centre(msg.faces[0]), ASTRONAUT_FACE)
-    err = capfd.readouterr().err
+    err = capfd.readouterr().err  # rcutils writes its log lines to fd 2
     lines = [ln for ln in err.splitlines() if "skipping a malformed image" in ln]
-    if lines:  # rcutils writes to fd 2 (captured here unless its output is redirected)
-        assert len(lines) <= emitted
-        assert any("more malformed images skipped" in ln for ln in lines)
+    assert 1 <= len(lines) <= emitted, err[-2000:]
+    assert any("more malformed images skipped since the last warning" in ln for ln in lines), lines
+    too_large = [ln for ln in err.splitlines() if "skipping an image: image " in ln]
+    assert too_large and all("is larger than max_image_pixels 33,177,600: refused without decoding it" in ln
+                             for ln in too_large), too_large
 
 
 # ---------------------------------------------------------------------------- start-up validation (in-process)

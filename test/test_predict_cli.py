@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,9 +41,17 @@ def test_predict_json_on_real_photos_and_annotated_output(tmp_path, random_weigh
 
 def test_predict_on_a_real_dataset_face(tmp_path, random_weights):
     face = sorted(shared("utkface/crop_part1").glob("*.jpg"))[100]
-    result = run_predict(face, "--json", "--weights", random_weights, "--detector", "haar", "--backend", "torch")
+    import cv2
+
+    result = run_predict(face, "--json", "--weights", random_weights, "--detector", "scrfd", "--backend", "torch")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["image"] == str(face)
+    answer = json.loads(result.stdout)
+    assert answer["image"] == str(face)
+    (found,) = answer["faces"]  # a UTKFace crop: one face, filling most of the photo
+    height, width = cv2.imread(str(face)).shape[:2]
+    x1, y1, x2, y2 = found["box"]
+    assert x2 - x1 > width / 2 and width / 4 < (x1 + x2) / 2 < width * 3 / 4, found
+    assert height / 4 < (y1 + y2) / 2 < height * 3 / 4, found
 
 
 def test_corrupt_and_missing_files_are_named_and_the_rest_still_processed(tmp_path, random_weights):
@@ -130,3 +139,61 @@ def test_flip_tta_averages_a_face_with_its_mirror_image(random_weights):
                                 plain.estimate_crops(np.ascontiguousarray(crops[:, :, ::-1]), boxes)):
         assert abs(a.age - b.age) < 1e-3 and abs(a.p_male - b.p_male) < 1e-5
         assert abs(a.age - (one.age + other.age) / 2) < 1e-3
+
+
+def test_an_image_that_decompresses_to_gigabytes_is_refused_per_file(tmp_path, random_weights):
+    """A 16000 x 16000 PNG of a few hundred KB (768 MB decoded): refused from its header, named with its size and
+    the limit, and the other photos are still processed; --max-image-pixels raises the limit."""
+    from test_ros_image import huge_png
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(huge_png())
+    timer = ["/usr/bin/time", "-f", "maxrss_kib=%M"] if Path("/usr/bin/time").is_file() else []  # GNU time
+    result = subprocess.run(timer + [sys.executable, "-m", "agegender_ros.cli",
+                             "predict", str(huge), str(SAMPLES / "astronaut.jpg"), "--json", "--weights",
+                             str(random_weights)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert f"error: {huge}: image 16000x16000 (256,000,000 pixels) is larger than the 100,000,000 pixels " \
+           "accepted: not decoded" in result.stderr
+    assert "1 input(s) failed" in result.stderr
+    (answer,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert answer["image"] == str(SAMPLES / "astronaut.jpg") and len(answer["faces"]) == 1
+    if timer:
+        peak_mib = int(result.stderr.rsplit("maxrss_kib=", 1)[1].split()[0]) / 1024
+        assert peak_mib < 700, f"predict peaked at {peak_mib:.0f} MiB: the PNG was decoded"
+    small = run_predict(SAMPLES / "astronaut.jpg", "--json", "--weights", random_weights,
+                        "--max-image-pixels", "1000")
+    assert small.returncode == 1 and "is larger than the 1,000 pixels accepted" in small.stderr
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from types import SimpleNamespace
+
+    from agegender_ros import cli
+
+    sources = [("image", SAMPLES / "astronaut.jpg"), ("image", SAMPLES / "solvay_1927.jpg")]
+    args = SimpleNamespace(no_progress=False)
+    assert cli._progress(sources, args) is sources  # stderr is not a terminal here
+
+    class Terminal:
+        def __init__(self):
+            self.text = ""
+
+        def isatty(self):
+            return True
+
+        def write(self, text):
+            self.text += text
+
+        def flush(self):
+            pass
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = cli._progress(sources, args)
+    assert list(bar) == sources
+    bar.close()
+    assert "predict:" in terminal.text and "/2 [" in terminal.text
+    assert cli._progress(sources, SimpleNamespace(no_progress=True)) is sources
+    one = sources[:1]
+    assert cli._progress(one, args) is one  # one input: no bar

@@ -97,7 +97,7 @@ def test_extra_trailing_data_is_ignored(frame):
     (("bgr8", 0, 160, 480, 0), "empty image"),
     (("bgr8", 120, 0, 0, 0), "empty image"),
     (("bgr8", 100000, 100000, 300000, 1000), "larger than"),
-    (("mono8", 1, 20000, 20000, 20000), "larger than"),
+    (("mono8", 1, 70000, 70000, 70000), "larger than"),  # a side longer than JPEG allows
     (("bayer_rggb8", 120, 160, 160, 120 * 160), "unsupported encoding"),
     (("", 120, 160, 480, 120 * 480), "unsupported encoding"),
     (("32FC1", 120, 160, 640, 120 * 640), "unsupported encoding"),
@@ -188,3 +188,72 @@ def test_max_pixels_is_configurable(frame):
 def test_encode_raw_rejects_non_bgr():
     with pytest.raises(ValueError):
         encode_raw(np.zeros((4, 4), np.uint8))
+
+
+# ---------------------------------------------------------------------------------- images that decompress to GB
+def huge_png(width: int = 16000, height: int = 16000) -> bytes:
+    """A grey PNG of width x height pixels (16000 x 16000: about 0.3 MB compressed, 768 MB decoded as BGR), made
+    row by row without allocating the image."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + b"\x80" * width
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def test_a_png_that_decompresses_to_gigabytes_is_refused_from_its_header():
+    from agegender_ros.ros_image import ImageTooLarge
+
+    data = huge_png()
+    assert len(data) < 1_000_000
+    before = _peak_rss_mib()
+    with pytest.raises(ImageTooLarge) as info:
+        decode_compressed("png", data)
+    assert str(info.value).startswith("image 16000x16000 (256,000,000 pixels) is larger than max_image_pixels "
+                                      "33,177,600: refused without decoding it")
+    assert _peak_rss_mib() - before < 50  # nothing was decoded (it would take 768 MB)
+    small = cv2.imencode(".png", np.full((4, 6, 3), 7, np.uint8))[1].tobytes()
+    with pytest.raises(ImageTooLarge, match="image 6x4 \\(24 pixels\\) is larger than max_image_pixels 23"):
+        decode_compressed("png", small, max_pixels=23)
+    assert decode_compressed("png", small, max_pixels=24).shape == (4, 6, 3)
+    with pytest.raises(ImageTooLarge, match="image 16000x16000"):  # raw: from the message's own fields
+        decode_raw("bgr8", 16000, 16000, 48000, b"")
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tif", ".ppm", ".pgm"])
+def test_declared_size_of_every_photo_format(ext):
+    from agegender_ros.image_header import declared_size
+
+    image = np.zeros((37, 53, 3), np.uint8)
+    data = cv2.imencode(ext, image[:, :, 0] if ext == ".pgm" else image)[1].tobytes()
+    kind, width, height = declared_size(data)
+    assert (width, height) == (53, 37)
+    assert declared_size(data[:8]) is None or ext in (".ppm", ".pgm")  # cut short: no size (PNM: text header)
+    assert declared_size(b"GIF89a" + data) is None
+
+
+def test_declared_size_of_lossless_webp_and_both_tiff_byte_orders():
+    from agegender_ros.image_header import declared_size
+
+    image = np.zeros((37, 53, 3), np.uint8)
+    lossless = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+    assert declared_size(lossless) == ("webp", 53, 37)
+    import struct
+
+    for order, magic in (("<", b"II*\x00"), (">", b"MM\x00*")):
+        ifd = struct.pack(order + "H", 2) + struct.pack(order + "HHII", 256, 4, 1, 70000) + \
+            struct.pack(order + "HHIHH", 257, 3, 1, 900, 0) + b"\0\0\0\0"
+        data = magic + struct.pack(order + "I", 8) + ifd
+        assert declared_size(data) == ("tiff", 70000, 900), order

@@ -3,15 +3,22 @@ nano.launch.py` stop by itself with a clear error and a non-zero exit status -- 
 
     launch_test test/launch/launch_failures.py          (in a sourced workspace, inside scripts/netns_run.sh)
 
-Three real `ros2 launch` runs, side by side:
+Real `ros2 launch` runs, side by side:
 * a params file with out-of-range / unknown values: the node exits with status 2 and its error listing every
   problem; the launch then stops with "agegender_node exited with status 2 (invalid parameters ...)" and exit 1;
 * a launch argument the node rejects (weights:= a file that does not exist): the same, with the node's error;
 * a launch argument the launch file rejects (camera_fps:=fast with camera:=v4l2): the launch stops before
-  starting anything, naming the argument, exit 1.
+  starting anything, naming the argument, exit 1;
+* an unknown launch argument (detectr:=scrfd): refused with the closest known name, nothing started, exit 1;
+* a node parameter given as a launch argument with a bad value (detector:=nonsense) and an image topic that is
+  not a topic name (image_topics:="not a topic"): refused by the launch file, nothing started, exit 1;
+* a params file that is not YAML: one line naming the file, the line and column (no traceback), exit 1.
+The folder of the params files is removed when the test process ends.
 
 File name: not test_*.py, so that the pytest suite in test/ does not collect it.
 """
+import atexit
+import functools
 import os
 import shutil
 import sys
@@ -34,6 +41,11 @@ BAD_PARAMS = """\
     detector: yolo
     detector_input_size: 300
 """
+NOT_YAML = """\
+/**:
+  ros__parameters:
+    score_threshold: [0.5,
+"""
 
 CASES = {
     "bad_params_file": {
@@ -54,6 +66,22 @@ CASES = {
         "expect": ["launch argument camera_fps: 'fast' is not a positive integer"],
         "absent": ["process started"],  # nothing was started
     },
+    "unknown_launch_argument": {
+        "args": ["detectr:=scrfd"],
+        "expect": ["unknown launch argument 'detectr' (did you mean 'detector'?)"],
+        "absent": ["process started"],
+    },
+    "bad_node_parameter_argument": {
+        "args": ["detector:=nonsense", "image_topics:=not a topic"],
+        "expect": ["launch argument image_topics: 'not a topic' is not a valid ROS topic name",
+                   "launch argument detector: 'nonsense' is not one of auto, scrfd, blazeface, haar"],
+        "absent": ["process started"],
+    },
+    "params_file_not_yaml": {
+        "args": ["params_file:={not_yaml}"],
+        "expect": ["is not valid YAML at line 4, column 1"],
+        "absent": ["process started", "Traceback"],
+    },
 }
 
 
@@ -63,12 +91,15 @@ def generate_test_description():
     ros2 = shutil.which("ros2")
     if ros2 is None:
         raise unittest.SkipTest("the `ros2` command (ros2launch) is not installed")
-    params = os.path.join(tempfile.mkdtemp(prefix="agegender-launch-test-"), "bad.yaml")
-    with open(params, "w") as f:
-        f.write(BAD_PARAMS)
+    folder = tempfile.mkdtemp(prefix="agegender-launch-test-")
+    atexit.register(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+    params, not_yaml = os.path.join(folder, "bad.yaml"), os.path.join(folder, "not_yaml.yaml")
+    for path, text in ((params, BAD_PARAMS), (not_yaml, NOT_YAML)):
+        with open(path, "w") as f:
+            f.write(text)
     processes = {}
     for name, case in CASES.items():
-        args = [a.format(params=params) for a in case["args"]]
+        args = [a.format(params=params, not_yaml=not_yaml) for a in case["args"]]
         processes[name] = ExecuteProcess(
             cmd=["timeout", "-s", "KILL", str(LAUNCH_LIMIT_S), sys.executable, ros2, "launch", "agegender_ros",
                  "nano.launch.py"] + args,
@@ -77,8 +108,10 @@ def generate_test_description():
 
 
 class TestLaunchStops(unittest.TestCase):
-    def test_every_launch_stops_by_itself(self, proc_info, bad_params_file, missing_weights, bad_launch_argument):
-        for process in (bad_params_file, missing_weights, bad_launch_argument):
+    def test_every_launch_stops_by_itself(self, proc_info, bad_params_file, missing_weights, bad_launch_argument,
+                                          unknown_launch_argument, bad_node_parameter_argument, params_file_not_yaml):
+        for process in (bad_params_file, missing_weights, bad_launch_argument, unknown_launch_argument,
+                        bad_node_parameter_argument, params_file_not_yaml):
             proc_info.assertWaitForShutdown(process=process, timeout=LAUNCH_LIMIT_S + 15)
 
 
@@ -104,3 +137,14 @@ class TestLaunchReportsTheFailure(unittest.TestCase):
 
     def test_launch_file_rejects_a_launch_argument(self, proc_info, proc_output, bad_launch_argument):
         self._check(proc_info, proc_output, bad_launch_argument, "bad_launch_argument")
+
+    def test_unknown_launch_argument(self, proc_info, proc_output, unknown_launch_argument):
+        self._check(proc_info, proc_output, unknown_launch_argument, "unknown_launch_argument")
+
+    def test_node_parameter_arguments_are_checked(self, proc_info, proc_output, bad_node_parameter_argument):
+        self._check(proc_info, proc_output, bad_node_parameter_argument, "bad_node_parameter_argument")
+
+    def test_params_file_that_is_not_yaml(self, proc_info, proc_output, params_file_not_yaml):
+        self._check(proc_info, proc_output, params_file_not_yaml, "params_file_not_yaml")
+        text = "".join(io.text.decode(errors="replace") for io in proc_output[params_file_not_yaml])
+        self.assertEqual(len([ln for ln in text.splitlines() if "[ERROR]" in ln]), 1, text)
