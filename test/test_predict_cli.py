@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from agegender_ros.model import create_model
-from agegender_ros.weights import WeightsError, load_model, save_weights
-from conftest import SAMPLES, shared
+from agegender_ros.weights import WeightsError, load_model
+from conftest import SAMPLES, require_torch, shared
 
 
 def run_predict(*args, env_weights=None):
@@ -40,6 +38,7 @@ def test_predict_json_on_real_photos_and_annotated_output(tmp_path, random_weigh
 
 
 def test_predict_on_a_real_dataset_face(tmp_path, random_weights):
+    require_torch()  # --backend torch
     face = sorted(shared("utkface/crop_part1").glob("*.jpg"))[100]
     import cv2
 
@@ -95,12 +94,19 @@ def test_bad_weight_files_give_a_clear_error(tmp_path, random_weights, damage):
     elif damage == "garbage":
         weights.write_bytes(b"not a state dict at all")
     elif damage == "swap":
+        torch = require_torch()
+        from agegender_ros.model import create_model
+
         other = create_model("paper")
         torch.save(other.state_dict(), weights)  # a valid file, but not the one the card describes
     elif damage == "no_card":
         weights.with_suffix(".json").unlink()
     elif damage == "wrong_architecture":
         # A consistent file + card pair whose tensors don't fit the named architecture.
+        require_torch()
+        from agegender_ros.model import create_model
+        from agegender_ros.weights import save_weights
+
         save_weights(create_model("ssrnet"), weights, {"architecture": "ssrnet", "model_args": {}})
         card = json.loads(weights.with_suffix(".json").read_text())
         card["architecture"] = "paper"
@@ -124,8 +130,9 @@ def test_missing_default_weights_explain_how_to_get_them(tmp_path, monkeypatch):
 def test_flip_tta_averages_a_face_with_its_mirror_image(random_weights):
     import numpy as np
 
-    from agegender_ros.backends import TorchBackend
+    require_torch()
     from agegender_ros.estimator import Estimator
+    from agegender_ros.torch_backend import TorchBackend
     from agegender_ros.faces import FaceDetection
 
     crops = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
