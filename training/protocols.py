@@ -1,6 +1,6 @@
 """Evaluation protocols: which images train and which test, per fold.
 
-  official        the dataset's own split (AAF train/val, MegaAge-Asian train/test)
+  official        the dataset's own split (AAF train/val, MegaAge-Asian train/test, CelebA Train/Validation+Test)
   random80        seeded 80/20 subject-exclusive split (UTKFace, which has no official one: one photo = one subject)
   kfold5          the paper's MORPH-II protocol: 5 random image-level folds, mean over folds
   kfold5-subject  5 subject-exclusive folds (no person in both train and test) - what careful work reports
@@ -13,7 +13,7 @@ from .datasets import Record, kfold, leave_one_subject_out, official_split, rand
 
 PROTOCOLS = ("official", "random80", "kfold5", "kfold5-subject", "lopo")
 DEFAULT_PROTOCOL = {"aaf": "official", "utkface": "random80", "morph2": "kfold5", "fgnet": "lopo",
-                    "megaage_asian": "official"}
+                    "megaage_asian": "official", "celeba_gender": "official"}
 # The paper's table each protocol reproduces, for `agegender report`.
 PAPER_TABLE = {("morph2", "kfold5"): "Table 1/3 (MORPH-II, 5-fold)", ("fgnet", "lopo"): "Table 2/4 (FG-NET, LOPO)",
                ("megaage_asian", "official"): "Table 5 (MegaAge-Asian)"}

@@ -14,6 +14,7 @@ its share of every epoch's permutation and DistributedDataParallel averages grad
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -70,6 +71,12 @@ class TrainConfig:
     # never ship, and they need not share the student's architecture.
     teacher: str = ""
     distill_weight: float = 0.5
+    # The teachers' share of the gender loss where a face has a gender label (default: distill_weight). Real
+    # labels beat a teacher's gender where they exist; the teachers still label the faces that have none.
+    distill_gender_weight: float | None = None
+    # Registered teachers' pass over the training faces: bfloat16 is ~3.7x faster on CPUs with AVX-512 BF16, and
+    # ~0.3 years from float32 on average, far below the teachers' own error (docs/results.md).
+    teacher_precision: str = "bfloat16"
     threads: int = 0  # CPU threads (0: torch default)
     device: str = "auto"
     amp: bool = True  # on CUDA only
@@ -208,51 +215,110 @@ def _jpeg(x: torch.Tensor, qualities: list[int]) -> torch.Tensor:
 # loss
 
 
+def _weighted_mean(label_loss: torch.Tensor, label_weight: torch.Tensor, teacher_loss: torch.Tensor | None,
+                   teacher_weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the faces that have any target of label_weight x label_loss + teacher_weight x teacher_loss."""
+    total = torch.where(label_weight > 0, label_weight * label_loss, torch.zeros_like(label_loss))
+    covered = label_weight > 0
+    if teacher_loss is not None:
+        total = total + torch.where(teacher_weight > 0, teacher_weight * teacher_loss, torch.zeros_like(teacher_loss))
+        covered = covered | (teacher_weight > 0)
+    return total.sum() / covered.sum().clamp(min=1)
+
+
 def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders: torch.Tensor,
                    config: TrainConfig, teacher: tuple[torch.Tensor, torch.Tensor] | None = None
                    ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum over heads of age L1 (MAE) and gender BCE; faces with unknown gender (-1) skip the BCE.
+    """Weighted sum over heads of age L1 (MAE) and gender BCE.
 
-    teacher = (age, P(male)) from the teachers: each head's loss becomes (1 - a) x (loss to the labels) + a x (loss
-    to the teacher), a = config.distill_weight; the teacher's P(male) also covers faces without a gender label."""
-    known = genders >= 0
+    Labels may be missing: a NaN age (CelebA), gender -1 (FG-NET); such a face adds nothing to that term. teacher =
+    (age, P(male)) per face (NaN where a teacher has no answer): where a face has both a label and a teacher
+    target, its loss is (1 - a) x (loss to the label) + a x (loss to the teacher), a = config.distill_weight; where
+    it has only the teacher's, the teacher's alone (CelebA's ages, its unlabelled faces' gender). The gender term
+    uses config.distill_gender_weight where set."""
+    a = config.distill_weight if teacher is not None else 0.0
+    a_gender = a if config.distill_gender_weight is None or teacher is None else config.distill_gender_weight
+    has_age, known = torch.isfinite(ages), genders >= 0
+    age_label = torch.nan_to_num(ages)
+    if teacher is not None:
+        has_teacher_age, has_teacher_p = torch.isfinite(teacher[0]), torch.isfinite(teacher[1])
+        teacher_age, teacher_p = torch.nan_to_num(teacher[0]), torch.nan_to_num(teacher[1]).clamp(0, 1)
+        age_weights = (torch.where(has_age, torch.where(has_teacher_age, 1 - a, 1.0), 0.0),
+                       torch.where(has_teacher_age, torch.where(has_age, a, 1.0), 0.0))
+        gender_weights = (torch.where(known, torch.where(has_teacher_p, 1 - a_gender, 1.0), 0.0),
+                          torch.where(has_teacher_p, torch.where(known, a_gender, 1.0), 0.0))
+    else:
+        age_weights, gender_weights = (has_age.float(), None), (known.float(), None)
+    gender_label = genders.clamp(min=0).float()
     total = torch.zeros((), device=ages.device)
     parts = {}
-    a = config.distill_weight if teacher is not None else 0.0
     for head in HEADS:
         weight = float(config.loss_weights.get(head, 0.0))
         if f"{head}_age" in outputs:
-            loss = F.l1_loss(outputs[f"{head}_age"], ages) * config.age_loss_scale
-            if teacher is not None:
-                distilled = F.l1_loss(outputs[f"{head}_age"], teacher[0]) * config.age_loss_scale
-                parts[f"{head}_age_distilled"] = float(distilled.detach())
-                loss = (1 - a) * loss + a * distilled
-            if f"{head}_age_logits" in outputs:
-                distribution = label_distribution_loss(outputs[f"{head}_age_logits"], ages, config.age_sigma)
+            predicted = outputs[f"{head}_age"]
+            distilled = (predicted - teacher_age).abs() * config.age_loss_scale if teacher is not None else None
+            if distilled is not None:
+                parts[f"{head}_age_distilled"] = float(_weighted_mean(distilled, has_teacher_age.float(), None,
+                                                                      None).detach())
+            loss = _weighted_mean((predicted - age_label).abs() * config.age_loss_scale, age_weights[0], distilled,
+                                  age_weights[1])
+            if f"{head}_age_logits" in outputs and has_age.any():
+                distribution = label_distribution_loss(outputs[f"{head}_age_logits"][has_age], ages[has_age],
+                                                       config.age_sigma)
                 parts[f"{head}_age_distribution"] = float(distribution.detach())
                 loss = loss + config.label_distribution_weight * distribution
             total = total + weight * loss
             parts[f"{head}_age"] = float(loss.detach())
         if f"{head}_gender" in outputs and (known.any() or teacher is not None):
-            loss = torch.zeros((), device=ages.device)
-            if known.any():
-                loss = F.binary_cross_entropy_with_logits(outputs[f"{head}_gender"][known], genders[known].float())
-            if teacher is not None:
-                distilled = F.binary_cross_entropy_with_logits(outputs[f"{head}_gender"], teacher[1])
-                parts[f"{head}_gender_distilled"] = float(distilled.detach())
-                loss = (1 - a) * loss + a * distilled
+            logits = outputs[f"{head}_gender"]
+            distilled = F.binary_cross_entropy_with_logits(logits, teacher_p, reduction="none") \
+                if teacher is not None else None
+            if distilled is not None:
+                parts[f"{head}_gender_distilled"] = float(_weighted_mean(distilled, has_teacher_p.float(), None,
+                                                                         None).detach())
+            loss = _weighted_mean(F.binary_cross_entropy_with_logits(logits, gender_label, reduction="none"),
+                                  gender_weights[0], distilled, gender_weights[1])
             total = total + weight * loss
             parts[f"{head}_gender"] = float(loss.detach())
     return total, parts
 
 
+def teacher_names(teacher: str) -> list[str]:
+    """Every entry of TrainConfig.teacher (comma-separated): registered teacher names or weight files."""
+    return [name.strip() for name in teacher.split(",") if name.strip()]
+
+
 def teacher_paths(teacher: str) -> list[str]:
-    """The weight files named in TrainConfig.teacher (comma-separated)."""
-    return [path.strip() for path in teacher.split(",") if path.strip()]
+    """The weight files named in TrainConfig.teacher (our own models, run on each augmented batch)."""
+    from .teachers import TEACHERS
+
+    return [name for name in teacher_names(teacher) if name not in TEACHERS]
+
+
+def registered_teachers(teacher: str) -> list[str]:
+    """The registered teachers named in TrainConfig.teacher (training/teachers; run once per face, cached)."""
+    from .teachers import TEACHERS
+
+    return [name for name in teacher_names(teacher) if name in TEACHERS]
+
+
+def cached_teacher_targets(teacher: str, data: PreprocessedSet, precision: str = "bfloat16", threads: int = 0,
+                           progress: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """The registered teachers' mean (age, P(male)) for every face of data (NaN where none could answer), from
+    the photos and the cached face boxes; None when no registered teacher is named."""
+    from .teachers import teacher_targets
+
+    names = registered_teachers(teacher)
+    if not names:
+        return None
+    answers = [teacher_targets(name, data.paths, data.boxes, precision, threads=threads, progress=progress)
+               for name in names]
+    return (np.mean([t.ages for t in answers], 0).astype(np.float32),
+            np.mean([t.p_male for t in answers], 0).astype(np.float32))
 
 
 def load_teachers(teacher: str, device: torch.device) -> list[AgeGenderModel]:
-    """The distillation teachers named in TrainConfig.teacher, in eval mode, frozen."""
+    """The weight-file teachers named in TrainConfig.teacher, in eval mode, frozen."""
     teachers = []
     for path in teacher_paths(teacher):
         teacher = load_model(path)[0].to(device).eval()
@@ -262,11 +328,31 @@ def load_teachers(teacher: str, device: torch.device) -> list[AgeGenderModel]:
 
 
 @torch.no_grad()
-def teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teachers' mean (age, P(male)) for a batch of network inputs."""
+def online_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight-file teachers' mean (age, P(male)) for a batch of network inputs."""
     predictions = [teacher.predict(x)[:2] for teacher in teachers]
     return (torch.stack([age for age, _ in predictions]).mean(0).float(),
             torch.stack([p for _, p in predictions]).mean(0).float())
+
+
+def batch_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor,
+                          cached: tuple[torch.Tensor, torch.Tensor] | None, index: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch's teacher (age, P(male)): the cached registered teachers' answers for these faces and/or the
+    weight-file teachers run on the augmented batch, averaged per teacher; None without teachers."""
+    answers, counts = [], []
+    if cached is not None:
+        answers.append((cached[0][index], cached[1][index]))
+        counts.append(1.0)
+    if teachers:
+        answers.append(online_teacher_targets(teachers, x))
+        counts.append(float(len(teachers)))
+    if not answers:
+        return None
+    if len(answers) == 1:
+        return answers[0]
+    share = [c / sum(counts) for c in counts]
+    return (sum(w * a[0] for w, a in zip(share, answers)), sum(w * a[1] for w, a in zip(share, answers)))
 
 
 def label_distribution_loss(logits: torch.Tensor, ages: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
@@ -347,6 +433,47 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(partial, path)
 
 
+# What a resumed run must share with the run that wrote the checkpoint: everything in TrainConfig but where and
+# how fast it runs.
+NOT_RECIPE = ("threads", "device", "amp")
+
+
+def recipe(config: TrainConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in NOT_RECIPE}
+
+
+def data_fingerprint(data: PreprocessedSet) -> dict:
+    """Which faces, with which labels: a resumed run must train on the same ones."""
+    digest = hashlib.sha256()
+    for path in data.paths:
+        digest.update(str(path).encode() + b"\0")
+    digest.update(np.ascontiguousarray(data.ages, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(data.genders, np.int8).tobytes())
+    return {"faces": len(data), "sha256": digest.hexdigest()[:16]}
+
+
+def recipe_differences(saved: dict, current: dict) -> list[str]:
+    return [f"{key}: {saved.get(key, '(unset)')!r} in the checkpoint, {current.get(key, '(unset)')!r} now"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+def load_checkpoint(path: Path, config: TrainConfig, data: PreprocessedSet, device: torch.device) -> dict:
+    """The checkpoint's state, once it is readable and was written by this recipe on these faces."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        saved_recipe = {k: v for k, v in state["config"].items() if k not in NOT_RECIPE}
+    except Exception as error:  # torch.load raises whatever the damaged file's unpickling hits
+        raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error}); delete it to "
+                         "start this run over") from error
+    differences = recipe_differences(saved_recipe, recipe(config))
+    if "data" in state and state["data"] != data_fingerprint(data):
+        differences.append(f"training faces: {state['data']} in the checkpoint, {data_fingerprint(data)} now")
+    if differences:
+        raise ValueError(f"--resume {path}: this run's recipe differs from the checkpoint's, so resuming would mix "
+                         f"two recipes ({'; '.join(differences)}); use another --out or delete the checkpoint")
+    return state
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -365,6 +492,9 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     device = pick_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    state = load_checkpoint(checkpoint_path, config, train_set, device) if resume and checkpoint_path.is_file() \
+        else None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -392,9 +522,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[dict] = []
     start_epoch = 0
-    checkpoint_path = run_dir / "checkpoint.pt"
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -413,8 +541,15 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     crops = torch.from_numpy(train_set.crops).to(device)
     ages = torch.from_numpy(train_set.ages).to(device)
     genders = torch.from_numpy(train_set.genders.astype(np.int64)).to(device)
-    sampling_weights = age_sampling_weights(train_set.ages, config.age_balance) if config.age_balance else None
     teachers = load_teachers(config.teacher, device) if config.teacher else []
+    cached = cached_teacher_targets(config.teacher, train_set, config.teacher_precision, config.threads,
+                                    progress and rank == 0)
+    if cached is not None:
+        cached = tuple(torch.from_numpy(t).to(device) for t in cached)
+    # Faces without an age label (CelebA) are binned by the teachers' age when balancing ages.
+    known_ages = train_set.ages if cached is None else np.where(np.isfinite(train_set.ages), train_set.ages,
+                                                                cached[0].cpu().numpy())
+    sampling_weights = age_sampling_weights(known_ages, config.age_balance) if config.age_balance else None
     writer = None
     if rank == 0:
         try:
@@ -448,7 +583,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = train_model(x)
             loss, parts = multitask_loss({k: v.float() for k, v in outputs.items()}, ages[index], genders[index],
-                                         config, teacher_targets(teachers, x) if teachers else None)
+                                         config, batch_teacher_targets(teachers, x, cached, index))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -478,7 +613,8 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
                                                         for k, v in entry.items()}))
         save_checkpoint(checkpoint_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                          "epoch": epoch, "history": history, "config": asdict(config)})
+                                          "epoch": epoch, "history": history, "config": asdict(config),
+                                          "data": data_fingerprint(train_set)})
     if writer:
         writer.close()
     if rank != 0:

