@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.agegender-installed
 PYTHON ?= python3.11
 
-.PHONY: venv build demo test weights bench clean
+.PHONY: venv build demo test weights weights-onnx bench clean
 
 $(STAMP): requirements.txt setup.py scripts/ros_setup.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,6 +22,11 @@ $(STAMP): requirements.txt setup.py scripts/ros_setup.sh
 	touch $@
 
 venv: $(STAMP)
+
+# The ONNX export shipped beside the default weights (what the torch-free runtime runs), with its sha256 written into
+# their model card. Rerun whenever agegender_ros/weights/paper_aaf_utk.pt changes.
+weights-onnx: $(STAMP)
+	$(VENV)/bin/agegender export --format onnx
 
 # colcon build of the ament_cmake package (messages + Python package + node executable) into install/, on top
 # of the ROS 2 tools (ros2 launch / topic / param, launch_testing, vision_msgs) that scripts/ros_underlay.sh

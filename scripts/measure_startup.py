@@ -10,14 +10,16 @@ and runs it on agegender_ros/samples/astronaut.jpg; measured from spawning the p
 face, and its VmRSS / VmHWM (peak) then.
 
 node: `python -m agegender_ros.node` (parameters: image_topics /measure/image_raw, backend B, the rest default) in
-its own process; this process (a ROS 2 probe, started first) publishes a 640x480 frame with one face every 0.2 s
+its own process; this process (a ROS 2 probe, started first) publishes a 640x480 frame with one face every 0.05 s
 from the moment the node is spawned; measured from spawning to the first AgeGenderArray with a face, and the
-node's VmRSS after 10 more answered frames plus its VmHWM. Needs the ROS 2 shell (source scripts/ros_shell.sh)
+node's VmRSS after 10 more answered frames plus its VmHWM; also the time to the node's log line that names its
+backend (detector and network loaded, before DDS matching). Needs the ROS 2 shell (source scripts/ros_shell.sh)
 and runs in a private network namespace (re-executes itself through scripts/netns_run.sh).
 
 --block-torch makes `import torch` fail in the measured process (sys.modules['torch'] = None), i.e. what a
-runtime-only install (`pip install .`) gives; --pythonpath puts another copy of the package first (e.g. an older
-commit, `git archive COMMIT agegender_ros | tar -x -C DIR`); the reply also says whether torch was loaded.
+runtime-only install (`pip install .`) gives; --import-torch imports torch first, everything else equal;
+--pythonpath puts another copy of the package first (e.g. an older commit, `git archive COMMIT agegender_ros |
+tar -x -C DIR`); the reply also says whether torch was loaded.
 Variants are interleaved, --repeats times each, and the medians reported.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -37,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "agegender_ros" / "samples" / "astronaut.jpg"
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"
+IMPORT_TORCH = "import torch\n"
 
 ESTIMATOR_CHILD = """
 import json, sys
@@ -45,9 +49,9 @@ from agegender_ros.estimator import Estimator
 estimator = Estimator.create(backend=sys.argv[2])
 faces = estimator(cv2.imread(sys.argv[1]))
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
-print(json.dumps({"faces": len(faces), "backend": estimator.backend.name, "torch_loaded": sys.modules.get("torch") is not None,
-                  "rss_mb": int(status["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024}),
-      flush=True)
+mb = {key: int(status[field].split()[0]) / 1024 for key, field in (("rss_mb", "VmRSS"), ("peak_rss_mb", "VmHWM"))}
+print(json.dumps({"faces": len(faces), "backend": estimator.backend.name,
+                  "torch_loaded": sys.modules.get("torch") is not None, **mb}), flush=True)
 """
 
 
@@ -56,6 +60,10 @@ def _status_mb(pid: int, field: str):
         if line.startswith(field + ":"):
             return round(int(line.split()[1]) / 1024, 1)
     return None
+
+
+def _prefix(args) -> str:
+    return (BLOCK_TORCH if args.block_torch else "") + (IMPORT_TORCH if args.import_torch else "")
 
 
 def _env(args) -> dict:
@@ -68,7 +76,7 @@ def _env(args) -> dict:
 
 def measure_estimator(args) -> dict:
     python = args.python or sys.executable
-    code = (BLOCK_TORCH if args.block_torch else "") + ESTIMATOR_CHILD
+    code = _prefix(args) + ESTIMATOR_CHILD
     start = time.monotonic()
     proc = subprocess.Popen([python, "-c", code, str(SAMPLE), args.backend], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env(args), cwd=tempfile.gettempdir())
@@ -90,12 +98,12 @@ def measure_node(args, probe) -> dict:
     frame = np.full((480, 640, 3), 100, np.uint8)
     frame[:, 64:576] = cv2.imread(str(SAMPLE))[16:496]
     base = len(probe.arrivals)
-    code = (BLOCK_TORCH if args.block_torch else "") + (
+    code = _prefix(args) + (
         "import runpy; runpy.run_module('agegender_ros.node', run_name='__main__', alter_sys=True)")
     command = [sys.executable, "-c", code, "--ros-args", "-p", "image_topics:=[/measure/image_raw]",
                "-p", "detections_topic:=/measure/detections", "-p", f"backend:={args.backend}"]
     log = tempfile.NamedTemporaryFile("w+", prefix="agegender-measure-node-", suffix=".log", delete=False)
-    start = time.monotonic()
+    start, start_epoch = time.monotonic(), time.time()
     # cwd: not the checkout (`python -c` puts the working directory first on sys.path, before PYTHONPATH).
     proc = subprocess.Popen(command, env=_env(args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=tempfile.gettempdir())
@@ -105,7 +113,7 @@ def measure_node(args, probe) -> dict:
             if proc.poll() is not None:
                 raise RuntimeError("the node exited: " + Path(log.name).read_text()[-3000:])
             probe.publish_frame(frame)
-            deadline = time.monotonic() + 0.2
+            deadline = time.monotonic() + 0.05
             while time.monotonic() < deadline and first is None:
                 if any(faces for _stamp, _arrived, faces in list(probe.arrivals)[base:]):
                     first = time.monotonic() - start
@@ -124,6 +132,9 @@ def measure_node(args, probe) -> dict:
                   "onnxruntime_loaded": "onnxruntime" in maps}
         backend_lines = [line.strip() for line in Path(log.name).read_text().splitlines() if "backend " in line]
         result["node_log"] = backend_lines[:1]
+        # The node's own log stamp of that line: its detector and network are loaded (before DDS matching).
+        stamp = re.search(r"\[(\d+\.\d+)\]", backend_lines[0]) if backend_lines else None
+        result["start_to_models_loaded_s"] = round(float(stamp.group(1)) - start_epoch, 3) if stamp else None
         return result
     finally:
         try:
@@ -136,9 +147,9 @@ def measure_node(args, probe) -> dict:
 
 
 def summarise(label: str, runs: list) -> dict:
-    keys = ("start_to_first_detection_s", "rss_mb", "peak_rss_mb")
+    keys = ("start_to_first_detection_s", "start_to_models_loaded_s", "rss_mb", "peak_rss_mb")
     return {"variant": label, "runs": runs, **{f"median_{k}": round(statistics.median(r[k] for r in runs), 3)
-                                             for k in keys}}
+                                             for k in keys if all(r.get(k) is not None for r in runs)}}
 
 
 def main() -> int:
@@ -151,6 +162,8 @@ def main() -> int:
     parser.add_argument("--python", help="estimator: the interpreter to measure (default: this one)")
     parser.add_argument("--pythonpath", help="a copy of the package to put first on PYTHONPATH")
     parser.add_argument("--block-torch", action="store_true", help="make `import torch` fail in the measured process")
+    parser.add_argument("--import-torch", action="store_true",
+                        help="import torch in the measured process first (as every start did before issue 15)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs of each variant first")
@@ -160,8 +173,10 @@ def main() -> int:
         for path in args.results:
             report = json.loads(Path(path).read_text())
             for v in report["variants"]:
-                print(f"| {report['mode']} | {v['variant']} | {v['median_rss_mb']:.0f} | {v['median_peak_rss_mb']:.0f} | "
-                      f"{v['median_start_to_first_detection_s']:.2f} | {v['runs'][0].get('torch_loaded')} |")
+                loaded = v.get("median_start_to_models_loaded_s")
+                print(f"| {report['mode']} | {v['variant']} | {v['runs'][0].get('torch_loaded')} | "
+                      f"{v['median_rss_mb']:.0f} | {v['median_start_to_first_detection_s']:.2f} | "
+                      f"{'' if loaded is None else f'{loaded:.2f}'} |")
         return 0
     if args.mode == "node" and os.environ.get("AGEGENDER_NETNS") != "1":
         return subprocess.call([str(REPO / "scripts" / "netns_run.sh"), sys.executable, *sys.argv])
