@@ -201,6 +201,20 @@ def _answered_photos(probe, photos: list, remaining):
         yield path, frame, stamp, msg
 
 
+_CUT = re.compile(r"(\d+) of (\d+) faces left out: max_faces is (\d+)")
+
+
+def cut_note(log_text: str) -> str | None:
+    """The demo's line for the node's "faces left out" log line (max_faces cut faces), or None."""
+    match = _CUT.search(log_text)
+    if match is None:
+        return None
+    cut, found, max_faces = match.groups()
+    return (f"# max_faces ({max_faces}, config/nano.yaml) left out {cut} of the {found} faces found; "
+            f"`ros2 launch agegender_ros nano.launch.py max_faces:={max(32, int(found))}` reports them all "
+            "(and a larger detector_input_size, e.g. 640, finds smaller faces too)")
+
+
 def _save_annotated(probe, stamp, out_dir: Path, path: Path) -> list:
     """[the written file] once the node's annotated frame for this stamp arrives, else []."""
     import cv2
@@ -283,6 +297,7 @@ def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, 
                           file=sys.stderr)
                     return 1
             print(f"$ {' '.join(echo_command)}", flush=True)
+            log_seen = len(Path(launch_log.name).read_text())
             for path, frame, stamp, msg in _answered_photos(probe, photos, remaining):
                 printed_text = reader.wait(stamp, max(5.0, min(15.0, remaining())))
                 print(f"# {path.name} ({frame.shape[1]}x{frame.shape[0]}): {len(msg.faces)} face(s) on "
@@ -291,6 +306,15 @@ def run_with_launch(args, photos: list, weights: str, note: str, out_dir: Path, 
                     print(f"error: `ros2 topic echo` printed nothing for {path.name}", file=sys.stderr)
                     return 1
                 print(printed_text.rstrip("\n"))
+                # What the node logged for this photo: whether max_faces left faces out (it logs before it
+                # publishes; its output reaches the log file through `ros2 launch` a moment later).
+                deadline, note = time.monotonic() + 1.0, None
+                while note is None and msg.faces and time.monotonic() < deadline:
+                    note = cut_note(Path(launch_log.name).read_text()[log_seen:])
+                    time.sleep(0.05)
+                log_seen = len(Path(launch_log.name).read_text())
+                if note:
+                    print(note)
                 print("---", flush=True)
                 printed += 1
                 written += _save_annotated(probe, stamp, out_dir, path)
@@ -324,8 +348,8 @@ def run_in_process(args, photos: list, weights: str, note: str, out_dir: Path, s
     written = []
     with ros.RosSession(domain_id=domain) as session:
         try:
-            session.start_node({"weights": weights or "", "detector": args.detector, "backend": args.backend,
-                                "publish_debug_image": True, "diagnostics_period_s": 0.0})
+            node = session.start_node({"weights": weights or "", "detector": args.detector, "backend": args.backend,
+                                       "publish_debug_image": True, "diagnostics_period_s": 0.0})
         except ros.StartupError as error:
             print(f"error: the node could not start: {error}", file=sys.stderr)
             return 1
@@ -334,10 +358,15 @@ def run_in_process(args, photos: list, weights: str, note: str, out_dir: Path, s
             print("error: the node and the demo publisher did not connect", file=sys.stderr)
             return 1
         try:
+            cut_before = node.stats["faces_cut"]
             for path, frame, stamp, msg in _answered_photos(probe, photos, remaining):
                 print(f"# {path.name} ({frame.shape[1]}x{frame.shape[0]}): {len(msg.faces)} face(s) on "
                       "/agegender/detections")
                 print(message_to_yaml(msg))
+                cut, cut_before = node.stats["faces_cut"] - cut_before, node.stats["faces_cut"]
+                if cut > 0:
+                    print(f"# max_faces ({node.params['max_faces']}) left out {cut} of the {cut + len(msg.faces)} "
+                          "faces found")
                 print("---", flush=True)
                 written += _save_annotated(probe, stamp, out_dir, path)
         except TimeoutError:  # the node did not answer a photo (said by _answered_photos)

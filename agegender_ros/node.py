@@ -28,6 +28,7 @@ Compatible with Humble's rclpy (Jetson Orin Nano, JetPack 6) and Python 3.8 synt
 from __future__ import annotations
 
 import array
+import collections
 import math
 import os
 import re
@@ -248,6 +249,24 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
 # The node
 
 
+class _CountingDetector:
+    """The estimator's face detector, counting the faces it found that are at least min_face_size: the node
+    compares that with the faces it reports, to say when max_faces left some out."""
+
+    def __init__(self, inner, estimator):
+        self.inner, self._estimator = inner, estimator
+        self.found = 0
+
+    def detect(self, frame_bgr):
+        detections = self.inner.detect(frame_bgr)
+        floor = float(getattr(self._estimator, "min_face_size", 0.0))
+        self.found = sum(1 for d in detections if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= floor)
+        return detections
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 @dataclass
 class _Input:
     topic: str
@@ -256,6 +275,57 @@ class _Input:
     pending: Any = None  # (message, monotonic receive time) not yet taken by the worker
     received: int = 0
     dropped: int = 0
+    # (arrival time, header stamp in ns) of the large raw frames received lately: arrival_fraction() judges from
+    # the stamps whether the publisher's frames get lost on the way (UDP fragments of frames too large for Fast
+    # DDS's shared memory).
+    stamps: Any = field(default_factory=lambda: collections.deque(maxlen=300))
+
+
+# A raw frame at least this large crosses between processes as several UDP fragments unless both sides use the
+# shared-memory profile (Fast DDS's default segment holds no 640x480 bgr8 frame).
+LARGE_FRAME_BYTES = 65536
+
+
+def arrival_fraction(stamps_ns) -> tuple[float, float] | None:
+    """(fraction of a camera's frames that arrived, its frame period in seconds), judged from the header stamps of
+    the frames that did arrive: a camera stamps its frames at a steady period, so the stamps' span holds
+    span / period frames, of which those seen arrived. The period is the typical short gap (the median of the
+    gaps up to 1.5 x their lower quartile: lost frames only make gaps longer, jitter averages out). None with
+    fewer than 20 stamps, or when most gaps are not near a whole number of periods (not a camera: no judgement).
+    """
+    stamps = np.unique(np.asarray(list(stamps_ns), dtype=np.int64))
+    if len(stamps) < 20:
+        return None
+    gaps = np.diff(stamps).astype(np.float64)
+    short = gaps[gaps <= 1.5 * np.percentile(gaps, 25)]
+    period = float(np.median(short)) if len(short) else 0.0
+    if period <= 0:
+        return None
+    ratio = gaps / period
+    if np.mean(np.abs(ratio - np.maximum(1, np.rint(ratio))) < 0.3) < 0.7:
+        return None
+    expected = (stamps[-1] - stamps[0]) / period + 1
+    return float(min(1.0, len(stamps) / expected)), period / 1e9
+
+
+def _profile_hint() -> str:
+    """The one line a user exports before starting a camera driver elsewhere, to get full-size frames through."""
+    from agegender_ros.launch_args import DDS_PROFILE_FILE, uses_fast_dds
+
+    if not uses_fast_dds(os.environ):
+        return ("the RMW drops large frames between processes: check its transport settings "
+                "(docs/ros.md#large-raw-images-between-processes-fast-dds)")
+    path = os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
+    if not path:
+        try:
+            from ament_index_python.packages import get_package_share_directory
+
+            path = os.path.join(get_package_share_directory("agegender_ros"), "config", DDS_PROFILE_FILE)
+        except Exception:
+            path = f"<agegender_ros share>/config/{DDS_PROFILE_FILE}"
+    return (f"start the camera driver with the same Fast DDS shared-memory profile as this node: export "
+            f"FASTRTPS_DEFAULT_PROFILES_FILE={path} FASTDDS_DEFAULT_PROFILES_FILE={path} "
+            "(`source scripts/ros_shell.sh` does it)")
 
 
 @dataclass
@@ -292,7 +362,7 @@ class AgeGenderNode(_NodeBase):
         self._period = _Period()
         self._period_start = time.monotonic()
         self.stats = {"received": 0, "processed": 0, "dropped": 0, "decode_errors": 0, "oversized": 0,
-                      "failures": 0, "faces": 0}
+                      "failures": 0, "faces": 0, "faces_cut": 0}
         self._inputs: list = []
         self._next_input = 0
         self._last_start = -math.inf
@@ -306,6 +376,7 @@ class AgeGenderNode(_NodeBase):
         self._diag_timer = None
         self._bridge = None
         self._decode_throttle = self._failure_throttle = self._size_throttle = Throttle(5.0)
+        self._loss_throttle = Throttle(30.0)
         self._declaration_problems: dict = {}
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -378,9 +449,12 @@ class AgeGenderNode(_NodeBase):
     def _configure(self) -> None:
         self.params = self._read_parameters()
         self.estimator = self._given_estimator or self._create_estimator()
+        if hasattr(self.estimator, "detector") and not isinstance(self.estimator.detector, _CountingDetector):
+            self.estimator.detector = _CountingDetector(self.estimator.detector, self.estimator)
         self._bridge = CvBridge() if CvBridge is not None else None
         period = self.params["warn_throttle_s"]
-        self._decode_throttle, self._failure_throttle, self._size_throttle = (Throttle(period) for _ in range(3))
+        self._decode_throttle, self._failure_throttle, self._size_throttle, self._cut_throttle = (
+            Throttle(period) for _ in range(4))
         self._track_ids = TrackIds()
         self.state = "inactive"
 
@@ -563,7 +637,7 @@ class AgeGenderNode(_NodeBase):
         p.update(changes)
         estimator = self.estimator
         if estimator is not None:
-            detector = estimator.detector
+            detector = getattr(estimator.detector, "inner", estimator.detector)
             if "score_threshold" in changes and hasattr(detector, "score_threshold"):
                 detector.score_threshold = float(changes["score_threshold"])
             if "min_face_size" in changes:
@@ -575,7 +649,7 @@ class AgeGenderNode(_NodeBase):
             if "flip_tta" in changes:
                 estimator.flip_tta = bool(changes["flip_tta"])
         if "warn_throttle_s" in changes:
-            for throttle in (self._decode_throttle, self._failure_throttle, self._size_throttle):
+            for throttle in (self._decode_throttle, self._failure_throttle, self._size_throttle, self._cut_throttle):
                 throttle.period_s = float(changes["warn_throttle_s"])
         if {"tracking", "smoothing", "track_max_missed", "track_iou_threshold"} & set(changes):
             for slot in list(self._inputs):
@@ -658,7 +732,10 @@ class AgeGenderNode(_NodeBase):
             if slot.pending is not None:
                 slot.dropped += 1
                 self.stats["dropped"] += 1
-            slot.pending = (msg, time.monotonic())
+            now = time.monotonic()
+            slot.pending = (msg, now)
+            if not slot.compressed and len(msg.data) >= LARGE_FRAME_BYTES:
+                slot.stamps.append((now, stamp_to_ns(msg.header.stamp)))
             slot.received += 1
             self.stats["received"] += 1
             self._period.received += 1
@@ -724,6 +801,34 @@ class AgeGenderNode(_NodeBase):
             raise ImageDecodeError(f"cv_bridge cannot convert {msg.encoding!r}: {error}") from error
         return np.ascontiguousarray(frame, dtype=np.uint8)
 
+    def _report_cut(self, slot: _Input, cut: int, kept: int, max_faces: int) -> None:
+        with self._lock:
+            self.stats["faces_cut"] += cut
+        held = self._cut_throttle.check()
+        if held is not None:
+            self.get_logger().info(
+                f"{slot.topic}: {cut} of {cut + kept} faces left out: max_faces is {max_faces} (the most confident "
+                f"are kept; `ros2 param set {self.get_fully_qualified_name()} max_faces N` to report more)"
+                + (f" ({held} more frames with faces left out since)" if held else ""))
+
+    def _lost_frames(self) -> list:
+        """[(topic, fraction arriving, frame period)] for raw inputs whose publisher's frames mostly do not arrive
+        (judged from the stamps of the last 10 s), with a throttled warning that says what to do."""
+        losing = []
+        horizon = time.monotonic() - 10.0
+        for slot in list(self._inputs):
+            with self._lock:
+                recent = [stamp for arrived, stamp in slot.stamps if arrived >= horizon]
+            judged = arrival_fraction(recent)
+            if judged is not None and judged[0] < 0.8:
+                losing.append((slot.topic, judged[0], judged[1]))
+        if losing and self._loss_throttle.check() is not None:
+            topic, fraction, period = losing[0]
+            _log_warning(self.get_logger(), f"{topic}: only {fraction:.0%} of the publisher's frames arrive (its "
+                         f"stamps are {period * 1000:.0f} ms apart); large raw images between processes are lost "
+                         f"as UDP fragments: {_profile_hint()}")
+        return losing
+
     def _count_failure(self, slot: _Input, text: str) -> None:
         with self._lock:
             self.stats["failures"] += 1
@@ -768,6 +873,9 @@ class AgeGenderNode(_NodeBase):
         detections_pub, vision_pub, debug_pub = self._detections_pub, self._vision_pub, self._debug_pub
         if detections_pub is None:  # deactivated meanwhile
             return
+        cut = getattr(estimator.detector, "found", 0) - len(faces)
+        if cut > 0:
+            self._report_cut(slot, cut, len(faces), params["max_faces"])
         height, width = frame.shape[:2]
         detections_pub.publish(faces_to_message(msg.header, tracked, width, height))
         done = time.monotonic()
@@ -807,8 +915,13 @@ class AgeGenderNode(_NodeBase):
             return f"{float(np.percentile(values, q)):.1f}" if values else "n/a"
 
         worker_alive = self._worker is not None and self._worker.is_alive()
+        losing = self._lost_frames()
         if not worker_alive:
             status.level, status.message = DiagnosticStatus.ERROR, "worker thread stopped"
+        elif losing:
+            status.level = DiagnosticStatus.WARN
+            status.message = "; ".join(f"only {fraction:.0%} of the frames sent on {topic} arrive"
+                                       for topic, fraction, _ in losing)
         elif period.received == 0:
             status.level = DiagnosticStatus.WARN
             status.message = "no images received on " + ", ".join(s.topic for s in self._inputs)
@@ -832,6 +945,9 @@ class AgeGenderNode(_NodeBase):
             ("too_large_images", str(totals["oversized"])),
             ("failed_frames", str(totals["failures"])),
             ("faces", str(totals["faces"])),
+            ("faces_left_out_by_max_faces", str(totals["faces_cut"])),
+            ("frames_arriving_percent", ", ".join(f"{topic} {fraction:.0%}" for topic, fraction, _ in losing)
+             or "n/a"),
             ("detector", getattr(getattr(estimator, "detector", None), "name", "?")),
             ("backend", getattr(getattr(estimator, "backend", None), "name", "?")),
         ]

@@ -15,6 +15,12 @@ and input rate:
   * answered: the fraction of input frames processed (the node drops stale frames instead of queueing them).
 An input rate above what the node can do measures its capacity; 30 Hz is a typical camera.
 
+--via external: no node is started; the frames go to the node already running (started in another shell, e.g.
+`ros2 launch agegender_ros nano.launch.py max_rate_hz:=0`) on --image-topic, the answers are read from
+--detections-topic, in this shell's ROS_DOMAIN_ID. With --transport inherit this process keeps the DDS set-up of
+the shell it was started from (`source scripts/ros_shell.sh` exports the package's profile): the measurement of a
+camera publisher "started in a second shell set up as README says".
+
 --soak S: instead, S seconds of one scene (--faces, first --rates) without pause, reported per minute:
 output frames/s, answered, latency p50 / p99, the node's resident memory (VmRSS), and whether it is still alive.
 
@@ -179,6 +185,8 @@ def _stats(probe, sent: list, duration: float, first_arrival: int) -> dict:
 
 def run(args, transport: str) -> dict:
     """One node (process or launch) and one publishing/receiving session with this DDS transport."""
+    if args.via == "external":
+        return run_external(args, transport)
     for name in PROFILE_VARIABLES:
         os.environ.pop(name, None)
     node_env = dict(os.environ)  # --via launch: the launch file decides the node's transport
@@ -261,6 +269,53 @@ def run(args, transport: str) -> dict:
     return results
 
 
+def run_external(args, transport: str) -> dict:
+    """--via external: frames to the node another shell started; this process's DDS set-up as --transport says
+    (inherit: as the shell has it)."""
+    if transport != "inherit":
+        for name in PROFILE_VARIABLES:
+            os.environ.pop(name, None)
+        if transport == "large-shm":
+            os.environ.update({name: str(PROFILE) for name in PROFILE_VARIABLES})
+    from agegender_ros import ros_session as ros
+    from agegender_ros.ros_image import encode_frame
+    from agegender_ros.ros_session import image_message
+
+    domain = int(os.environ.get("ROS_DOMAIN_ID", "0") or 0)
+    results = {"via": "external", "transport": transport, "publisher_dds_profile":
+               os.environ.get(PROFILE_VARIABLES[0]), "image_topic": args.image_topic,
+               "detections_topic": args.detections_topic, "ros_domain_id": domain,
+               "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                           "python": platform.python_version(),
+                           "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+               "scenes": []}
+    with ros.RosSession(domain_id=domain) as session:
+        probe = session.probe(image_topic=args.image_topic, detections_topic=args.detections_topic,
+                              name="camera_publisher", reliable=False)
+        if not probe.wait_ready(120.0):
+            raise RuntimeError(f"no node subscribes to {args.image_topic} and publishes {args.detections_topic} "
+                               f"in ROS_DOMAIN_ID {domain}")
+        for n_faces in args.faces:
+            frame = _scene(n_faces)
+            message = image_message(encode_frame(frame, "bgr8"))
+            faces_seen = []
+            for _ in range(5):
+                try:
+                    faces_seen.append(len(probe.request(frame, "bgr8", timeout=15)[1].faces))
+                except TimeoutError:
+                    pass
+            for rate in args.rates:
+                first_arrival = len(probe.arrivals)
+                sent, duration = _stream(probe, message, rate, args.seconds)
+                time.sleep(1.0)
+                scene = {"transport": transport, "faces_in_frame": n_faces, "faces_detected": sorted(set(faces_seen)),
+                         "input_rate_hz": rate, **_stats(probe, sent, duration, first_arrival)}
+                results["scenes"].append(scene)
+                print(json.dumps(scene), flush=True)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
 def soak(args, probe, message, proc, node_pid, n_faces: int, faces_detected: list) -> dict:
     """--soak seconds at the first rate, one row per minute (the last one possibly shorter)."""
     rate = args.rates[0]
@@ -303,19 +358,27 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per scene and rate")
     parser.add_argument("--soak", type=float, default=0.0, help="soak test: this many seconds of the first scene "
                         "and rate, reported per minute (0 = off)")
-    parser.add_argument("--via", choices=["launch", "process"], default=None,
+    parser.add_argument("--via", choices=["launch", "process", "external"], default=None,
                         help="start the node with `ros2 launch agegender_ros nano.launch.py` (default where the "
-                             "`ros2` command exists) or as `python -m agegender_ros.node`")
+                             "`ros2` command exists) or as `python -m agegender_ros.node`; external: use the node "
+                             "running already (started in another shell)")
+    parser.add_argument("--image-topic", default="/camera/image_raw", help="--via external: the node's input")
+    parser.add_argument("--detections-topic", default="/agegender/detections", help="--via external: its output")
     parser.add_argument("--dds-profile", default="auto", help="--via launch: the launch's dds_profile argument")
     parser.add_argument("--weights", help="weights .pt (default: the package's, else random-init)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--detector", default="scrfd")
     parser.add_argument("--input-size", type=int, default=320, help="detector_input_size")
     parser.add_argument("--threads", type=int, default=1, help="num_threads of the node")
-    parser.add_argument("--transport", choices=["default", "large-shm", "both"], default="both",
-                        help="DDS transport of the publisher (see the top of this file)")
+    parser.add_argument("--transport", choices=["default", "large-shm", "both", "inherit"], default=None,
+                        help="DDS transport of the publisher (see the top of this file; default: both, with "
+                             "--via external inherit)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if args.transport is None:
+        args.transport = "inherit" if args.via == "external" else "both"
+    if args.transport == "inherit" and args.via != "external":
+        parser.error("--transport inherit is for --via external")
     if args.via is None:
         args.via = "launch" if shutil.which("ros2") else "process"
     if args.via == "launch" and not shutil.which("ros2"):

@@ -10,6 +10,8 @@
 # built from ../shared/ros2 (.venv/ros2_underlay, scripts/ros_underlay.sh) when they were built, and the
 # package's colcon install space (install/). On a machine with a ROS 2 installation you would instead
 # `source /opt/ros/<distro>/setup.bash` and `source install/setup.bash` of your workspace.
+# It also exports the package's Fast DDS shared-memory profile (FASTRTPS_/FASTDDS_DEFAULT_PROFILES_FILE) unless one
+# is set, so that a camera publisher started from this shell delivers full-size raw frames to the node.
 # DDS discovery stays on this host (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST); `scripts/netns_run.sh bash` first
 # gives a shell whose DDS traffic cannot leave loopback at all (what `make demo` and `make test` use).
 # Environment knobs: AGEGENDER_VENV (default .venv), AGEGENDER_INSTALL_BASE (default install).
@@ -43,5 +45,19 @@ if [ -f "$_agegender_install/local_setup.bash" ]; then
 else
   echo "ros_shell.sh: note: $_agegender_install is not built yet (\`make demo\` or \`make build\`)" >&2
 fi
+# Full-size raw frames between processes: a camera driver started from this shell must use the same Fast DDS
+# shared-memory profile as the node (nano.launch.py gives it to the processes it starts), else most 640x480 frames
+# are lost as UDP fragments (docs/ros.md#large-raw-images-between-processes-fast-dds). Exported for every process
+# of this shell when the RMW is Fast DDS and no profile of the user's own is set; the profile keeps UDP, so
+# processes without it still talk to these.
+_agegender_profile="$_agegender_install/agegender_ros/share/agegender_ros/config/fastdds_large_shm.xml"
+[ -f "$_agegender_profile" ] || _agegender_profile="$_agegender_repo/config/fastdds_large_shm.xml"
+case "${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}" in
+  rmw_fastrtps_cpp|rmw_fastrtps_dynamic_cpp)
+    if [ -z "${FASTRTPS_DEFAULT_PROFILES_FILE:-}" ] && [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}" ]; then
+      export FASTRTPS_DEFAULT_PROFILES_FILE="$_agegender_profile"
+      export FASTDDS_DEFAULT_PROFILES_FILE="$_agegender_profile"
+    fi ;;
+esac
 [ "$_agegender_nounset" = 1 ] && set -u
-unset _agegender_repo _agegender_venv _agegender_install _agegender_nounset
+unset _agegender_repo _agegender_venv _agegender_install _agegender_nounset _agegender_profile

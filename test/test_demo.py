@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from agegender_ros import demo
+from conftest import ros_import
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,16 @@ def test_echo_reader_keeps_each_printed_message_by_stamp():
     assert reader.other == ["A message was lost!!!\ntotal count: 2\n"]
 
 
+def test_cut_note_reads_the_nodes_max_faces_line():
+    line = ("[agegender_node-1] [INFO] [1.2] [agegender_node]: /camera/image_raw: 7 of 15 faces left out: max_faces "
+            "is 8 (the most confident are kept; ...)")
+    assert demo.cut_note("other lines\n" + line + "\n") == (
+        "# max_faces (8, config/nano.yaml) left out 7 of the 15 faces found; `ros2 launch agegender_ros "
+        "nano.launch.py max_faces:=32` reports them all (and a larger detector_input_size, e.g. 640, finds smaller "
+        "faces too)")
+    assert demo.cut_note("[agegender_node]: reading /camera/image_raw (Image)") is None
+
+
 def test_missing_ros2_command_is_named(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert "`ros2` command is not installed" in demo.ros2_tools_missing()
@@ -69,8 +80,8 @@ def test_missing_ros2_command_is_named(monkeypatch):
 def _run_demo(tmp_path, *extra):
     if os.environ.get("AGEGENDER_NETNS") != "1":
         pytest.skip("DDS test runs only in a private network namespace: use scripts/netns_run.sh")
-    pytest.importorskip("agegender_ros.msg", reason="agegender_ros.msg not generated: run `colcon build` and "
-                                                    "`source install/setup.bash`")
+    ros_import("agegender_ros.msg", "agegender_ros.msg not generated: run `colcon build` and "
+                                    "`source install/setup.bash`")
     env = dict(os.environ, ROS_DOMAIN_ID=str(random.SystemRandom().randint(1, 101)), PYTHONUNBUFFERED="1")
     started = time.monotonic()
     result = subprocess.run(["timeout", "-s", "KILL", "150", sys.executable, "-m", "agegender_ros.demo", "--out",
@@ -96,6 +107,11 @@ def test_demo_uses_the_real_ros2_launch_and_topic_echo(tmp_path):
     assert "ros2 launch stopped (exit 0)" in out
     assert "falling back" not in err
     assert elapsed < 120
+    # config/nano.yaml keeps 8 faces: the demo says so under the group photo, from the node's own log line.
+    solvay = out[out.index("# solvay_1927.jpg"):]
+    assert "  track_id: 8\n" in solvay and "  track_id: 9\n" not in solvay
+    assert re.search(r"\n# max_faces \(8, config/nano.yaml\) left out \d+ of the \d+ faces found; ", solvay), \
+        solvay[-1500:]
 
 
 def test_demo_fallback_without_ros2_launch(tmp_path):
@@ -104,6 +120,7 @@ def test_demo_fallback_without_ros2_launch(tmp_path):
     assert "$ ros2 launch" not in out
     assert out.count("header:\n  stamp:\n    sec: ") == 2
     assert "# astronaut.jpg (512x512): 1 face(s) on /agegender/detections\n" in out
+    assert "left out" not in out  # the in-process node keeps its default max_faces (32)
 
 
 def test_demo_names_an_unreadable_photo_and_goes_on(tmp_path):
@@ -113,7 +130,7 @@ def test_demo_names_an_unreadable_photo_and_goes_on(tmp_path):
     (samples / "broken.jpg").write_bytes((REPO / "agegender_ros" / "samples" / "astronaut.jpg").read_bytes()[:300])
     if os.environ.get("AGEGENDER_NETNS") != "1":
         pytest.skip("DDS test runs only in a private network namespace: use scripts/netns_run.sh")
-    pytest.importorskip("agegender_ros.msg", reason="agegender_ros.msg not generated: run `colcon build`")
+    ros_import("agegender_ros.msg", "agegender_ros.msg not generated: run `colcon build`")
     env = dict(os.environ, ROS_DOMAIN_ID=str(random.SystemRandom().randint(1, 101)), PYTHONUNBUFFERED="1")
     result = subprocess.run(["timeout", "-s", "KILL", "150", sys.executable, "-m", "agegender_ros.demo", "--no-launch",
                              "--samples", str(samples), "--out", str(tmp_path / "out")], capture_output=True,

@@ -513,3 +513,31 @@ def _check_runtime_expressions(path, tree):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) and \
                 any(isinstance(side, ast.Constant) and side.value is None for side in (node.left, node.right)):
             raise AssertionError(f"{path}:{node.lineno}: `X | None` evaluated at run time")
+
+
+# ----------------------------------------------------------------------------- the shell set-up (README)
+@pytest.mark.parametrize("environ,expected", [
+    ({}, "profile"),
+    ({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, "profile"),
+    ({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, ""),
+    ({"FASTRTPS_DEFAULT_PROFILES_FILE": "/home/me/mine.xml"}, "/home/me/mine.xml"),
+], ids=["default-rmw", "fastdds", "cyclonedds", "own-profile"])
+def test_ros_shell_exports_the_shared_memory_profile(environ, expected):
+    """`source scripts/ros_shell.sh` gives every process of the shell (a camera driver in a second terminal) the
+    package's Fast DDS profile, where it applies and the user has none of their own."""
+    import subprocess
+
+    venv = Path(os.environ.get("AGEGENDER_VENV", REPO / ".venv"))
+    if not (venv / "ros_env.sh").is_file():
+        pytest.skip(f"{venv}/ros_env.sh missing (scripts/ros_setup.sh)")
+    env = {k: v for k, v in os.environ.items() if k not in ("RMW_IMPLEMENTATION",) + BOTH_VARIABLES}
+    env.update(environ, AGEGENDER_VENV=str(venv))
+    result = subprocess.run(["bash", "-c", "source scripts/ros_shell.sh 2>/dev/null; echo \"$FASTRTPS_DEFAULT_PROFILES_FILE|"
+                             "$FASTDDS_DEFAULT_PROFILES_FILE\""], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    fastrtps, fastdds = result.stdout.strip().split("|")
+    if expected == "profile":
+        assert fastrtps == fastdds and fastrtps.endswith("/config/fastdds_large_shm.xml"), result.stdout
+        assert Path(fastrtps).is_file()
+    else:
+        assert fastrtps == expected, result.stdout

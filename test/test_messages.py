@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ros_import
+
 REPO = Path(__file__).resolve().parent.parent
 MSG_DIR = REPO / "msg"
 
@@ -50,14 +52,11 @@ FRAME_ID = "camera_optical_frame"
 
 # ------------------------------------------------------------------------------------------ helpers
 def _ros_msgs():
-    """The generated message classes, or skip when the package has not been built and sourced."""
-    pytest.importorskip(
-        "rclpy", reason="rclpy not importable: source a ROS 2 environment (scripts/ros_setup.sh)")
-    mod = pytest.importorskip(
-        "agegender_ros.msg",
-        reason="agegender_ros.msg not generated: run `colcon build` and `source install/setup.bash`",
-    )
-    return mod
+    """The generated message classes; a skip when the package has not been built and sourced, an error where the
+    underlay was built (AGEGENDER_REQUIRE_ROS=1: a broken build must not pass as skips)."""
+    ros_import("rclpy", "rclpy not importable: source a ROS 2 environment (scripts/ros_setup.sh)")
+    return ros_import("agegender_ros.msg",
+                      "agegender_ros.msg not generated: run `colcon build` and `source install/setup.bash`")
 
 
 def _ros_array(msg_mod):

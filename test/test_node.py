@@ -15,6 +15,7 @@ accuracy, and pass with or without the trained default weights.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -28,6 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from conftest import ros_import
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "agegender_ros" / "samples"
@@ -45,9 +48,10 @@ DOMAIN_ID = int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID", 
 
 
 def _ros():
-    pytest.importorskip("rclpy", reason="rclpy not importable: source a ROS 2 environment (scripts/ros_setup.sh)")
-    pytest.importorskip("agegender_ros.msg", reason="agegender_ros.msg not generated: run `colcon build` and "
-                                                    "`source install/setup.bash`")
+    # Skipped where ROS is not set up; where the underlay was built (AGEGENDER_REQUIRE_ROS=1) an error instead.
+    ros_import("rclpy", "rclpy not importable: source a ROS 2 environment (scripts/ros_setup.sh)")
+    ros_import("agegender_ros.msg", "agegender_ros.msg not generated: run `colcon build` and "
+                                    "`source install/setup.bash`")
     import agegender_ros.node as node_module
 
     return node_module
@@ -569,3 +573,302 @@ def test_demo_runs_and_prints_echo_yaml(tmp_path):
         assert field in text, field
     assert sorted(p.name for p in out.iterdir()) == ["astronaut_annotated.jpg", "solvay_1927_annotated.jpg"]
     assert cv2.imread(str(out / "astronaut_annotated.jpg")).shape == (512, 512, 3)
+
+
+# ------------------------------------------------- node paths with a scripted estimator (the `estimator=` hook)
+class ScriptedEstimator:
+    """Stands in for the estimator through AgeGenderNode's `estimator=` hook: `script(call_number, frame)` returns
+    the faces of that frame (estimator.FaceEstimate) or an exception to raise. No model, no detector."""
+
+    def __init__(self, script):
+        self.detector = types.SimpleNamespace(name="scripted", detect=lambda frame: [])
+        self.backend = types.SimpleNamespace(name="scripted")
+        self.max_faces, self.min_face_size, self.flip_tta = 32, 0.0, False
+        self.script, self.calls = script, 0
+
+    def __call__(self, frame):
+        self.calls += 1
+        result = self.script(self.calls, frame)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def _face(age, p_male=0.8, box=(100.0, 100.0, 200.0, 220.0), score=0.9):
+    from agegender_ros.estimator import FaceEstimate
+
+    return FaceEstimate(box, score, float(age), 1.0, float(p_male))
+
+
+@contextlib.contextmanager
+def _scripted_node(live, name, script, topics=("image",), **parameters):
+    """A node named `name` with a ScriptedEstimator in the live session, reading /<name>/<topic> for each topic
+    and publishing /<name>/detections; yields (node, estimator, [probe per topic])."""
+    from rclpy.parameter import Parameter
+
+    from agegender_ros.ros_session import Probe
+
+    estimator = ScriptedEstimator(script)
+    values = {"image_topics": [f"/{name}/{t}" for t in topics], "detections_topic": f"/{name}/detections",
+              "publish_vision_msgs": False, "diagnostics_period_s": 0.0, **parameters}
+    added = []
+    try:
+        node = live.module.AgeGenderNode(name, context=live.session.context, estimator=estimator,
+                                         parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+        added.append(live.session.add(node))
+        probes = [live.session.add(Probe(image_topic=f"/{name}/{t}", detections_topic=f"/{name}/detections",
+                                         context=live.session.context, name=f"{name}_probe_{i}"))
+                  for i, t in enumerate(topics)]
+        added += probes
+        for probe in probes:
+            assert probe.wait_ready(20.0), f"{name}: node and probe did not connect"
+        yield node, estimator, probes
+    finally:
+        for entity in reversed(added):
+            live.session.executor.remove_node(entity)
+            live.session.nodes.remove(entity)
+            entity.destroy_node()
+
+
+FRAME = np.full((240, 320, 3), 90, np.uint8)
+
+
+def test_a_failing_estimator_is_counted_logged_and_survived(live, capfd):
+    def script(call, frame):
+        return RuntimeError(f"boom {call}") if call <= 3 else [_face(30)]
+
+    with _scripted_node(live, "scripted_failing", script, warn_throttle_s=60.0) as (node, estimator, (probe,)):
+        for _ in range(3):
+            stamp = probe.publish_frame(FRAME)
+            assert probe.wait_detections(stamp, 1.5) is None  # a failed frame publishes nothing
+        deadline = time.monotonic() + 10
+        while node.stats["failures"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert node.stats["failures"] == 3 and node.stats["processed"] == 0
+        _, msg = probe.request(FRAME, timeout=10)  # the worker lives on
+        assert len(msg.faces) == 1 and node._worker.is_alive()
+    err = capfd.readouterr().err
+    failed = [ln for ln in err.splitlines() if "processing a frame failed" in ln]
+    assert len(failed) == 1 and "/scripted_failing/image: processing a frame failed: RuntimeError: boom 1" in \
+        failed[0], failed  # throttled: one line for three failures
+
+
+def test_smoothing_averages_a_track_and_tracking_off_does_not(live):
+    from rclpy.parameter import Parameter
+
+    ages = [20.0, 40.0, 20.0, 40.0]
+    p_male = [0.9, 0.1, 0.9, 0.1]
+
+    def script(call, frame):
+        i = (call - 1) % 4
+        return [_face(ages[i], p_male[i])]
+
+    with _scripted_node(live, "scripted_smooth", script, smoothing=0.6) as (node, _, (probe,)):
+        answers = [probe.request(FRAME, timeout=10)[1].faces[0] for _ in range(4)]
+        assert len({f.track_id for f in answers}) == 1 and answers[0].track_id > 0
+        reported = [f.age for f in answers]
+        assert reported[0] == pytest.approx(20.0)
+        assert reported[1] == pytest.approx(30.0, abs=0.01)  # the first frames of a track are averaged equally
+        assert all(25.0 < a < 35.0 for a in reported[1:]), reported  # never the raw 20 / 40 again
+        assert all(0.2 < f.p_male < 0.8 for f in answers[1:]), [f.p_male for f in answers]
+        # Live: tracking off -> per-frame values and track_id 0, from the next frame.
+        assert node.set_parameters([Parameter("tracking", value=False)])[0].successful
+        raw = [probe.request(FRAME, timeout=10)[1].faces[0] for _ in range(2)]
+        assert sorted(f.age for f in raw) == [20.0, 40.0] and {f.track_id for f in raw} == {0}
+
+
+def test_max_rate_hz_limits_the_frames_processed(live):
+    from rclpy.parameter import Parameter
+
+    with _scripted_node(live, "scripted_rate", lambda call, frame: [], max_rate_hz=4.0) as (node, _, (probe,)):
+        probe.request(FRAME, timeout=10)
+        before = node.stats["processed"]
+        start = time.monotonic()
+        while time.monotonic() - start < 3.0:  # 30 frames/s for 3 s
+            probe.publish_frame(FRAME)
+            time.sleep(1 / 30)
+        time.sleep(0.5)
+        processed = node.stats["processed"] - before
+        assert 8 <= processed <= 4.0 * 3.5 + 2, processed  # about 4 per second, never 30
+        # Live: the cap lifted, the next frames are processed as fast as they come.
+        assert node.set_parameters([Parameter("max_rate_hz", value=0.0)])[0].successful
+        before, start = node.stats["processed"], time.monotonic()
+        while time.monotonic() - start < 2.0:
+            probe.publish_frame(FRAME)
+            time.sleep(1 / 30)
+        time.sleep(0.5)
+        assert node.stats["processed"] - before > 4.0 * 2.5 + 2
+
+
+def test_several_topics_are_read_in_turn(live):
+    seen = []
+
+    def script(call, frame):
+        seen.append(int(frame[0, 0, 0]))
+        time.sleep(0.05)  # slower than the publishers: the worker must pick between the topics
+        return [_face(30)]
+
+    with _scripted_node(live, "scripted_rr", script, topics=("a", "b", "c")) as (node, _, probes):
+        frames = [np.full((240, 320, 3), value, np.uint8) for value in (10, 20, 30)]
+        start = time.monotonic()
+        while time.monotonic() - start < 2.0:
+            for probe, frame in zip(probes, frames):
+                probe.publish_frame(frame)
+            time.sleep(0.01)
+        time.sleep(0.5)
+    counts = [seen.count(v) for v in (10, 20, 30)]
+    assert min(counts) >= 5 and max(counts) - min(counts) <= max(3, sum(counts) // 5), counts
+    # Round robin: no topic twice in a row while all three have frames waiting.
+    busy = seen[2:len(seen) - 2]
+    assert sum(a == b for a, b in zip(busy, busy[1:])) <= 2, seen
+
+
+def test_diagnostics_levels(live):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    def statuses(name):
+        return [s for a in list(live.probe.diagnostics) for s in a.status if s.name == f"{name}: age/gender"]
+
+    def wait_status(name, level, seconds=6.0):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = [s for s in statuses(name) if s.level == level]
+            if found:
+                return found[-1]
+            time.sleep(0.1)
+        raise AssertionError(f"no level {level!r} status from {name}: {[(s.level, s.message) for s in statuses(name)]}")
+
+    name = "scripted_diag"
+    with _scripted_node(live, name, lambda call, frame: [_face(30)], diagnostics_period_s=0.5) as (node, _, (probe,)):
+        idle = wait_status(name, DiagnosticStatus.WARN)
+        assert idle.message == f"no images received on /{name}/image"
+        stop = time.monotonic() + 3.0
+        while time.monotonic() < stop:
+            probe.publish_frame(FRAME)
+            time.sleep(0.05)
+        ok = wait_status(name, DiagnosticStatus.OK)
+        assert ok.message.endswith("frames/s, latency p50 " + ok.message.split("latency p50 ")[1])
+        values = {kv.key: kv.value for kv in ok.values}
+        assert values["detector"] == "scripted" and int(values["frames_processed"]) > 0
+        # The worker gone: ERROR.
+        node._stop.set()
+        node._worker.join(timeout=5)
+        error = wait_status(name, DiagnosticStatus.ERROR)
+        assert error.message == "worker thread stopped"
+
+
+def test_a_requested_backend_that_is_missing_stops_the_start(live, random_weights):
+    from rclpy.parameter import Parameter
+
+    with pytest.raises(live.module.StartupError) as info:
+        live.module.AgeGenderNode("no_tensorrt", context=live.session.context, parameter_overrides=[
+            Parameter("weights", value=str(random_weights)), Parameter("backend", value="tensorrt")])
+    assert info.value.exit_code == 1
+    assert str(info.value).startswith("backend tensorrt is not available: ")
+
+
+def test_unknown_parameter_names_are_warned_about(live, capfd):
+    with _scripted_node(live, "scripted_typo", lambda call, frame: [], scor_threshold=0.3):
+        pass
+    err = capfd.readouterr().err
+    assert "[scripted_typo]: ignoring unknown parameter(s) (typo?): scor_threshold" in err, err[-2000:]
+
+
+def test_live_parameters_apply_from_the_next_frame_and_bad_ones_are_refused(live):
+    """The real estimator: max_faces and score_threshold set at run time change the next answer; a bad value is
+    refused with the reason and the old one stays; a configure-time parameter is refused while active."""
+    from rclpy.parameter import Parameter
+
+    node, probe = live.node, live.probe
+    image = cv2.imread(str(SAMPLES / "solvay_1927.jpg"))
+    before = len(probe.request(image, "bgr8", timeout=20)[1].faces)
+    assert before > 3
+    try:
+        assert node.set_parameters([Parameter("max_faces", value=3)])[0].successful
+        assert len(probe.request(image, "bgr8", timeout=20)[1].faces) == 3
+        assert node.set_parameters([Parameter("score_threshold", value=0.99)])[0].successful
+        assert len(probe.request(image, "bgr8", timeout=20)[1].faces) == 0
+        for name, value, reason in [("score_threshold", 1.5, "score_threshold"),
+                                    ("max_faces", "many", "Wrong parameter type"),  # rclpy's own check
+                                    ("detector", "haar", "detector cannot change while the node is active")]:
+            result = node.set_parameters([Parameter(name, value=value)])[0]
+            assert not result.successful and reason in result.reason, (name, result.reason)
+        assert node.get_parameter("score_threshold").value == 0.99 and node.get_parameter("detector").value == "auto"
+        described = node.describe_parameter("detector").additional_constraints
+        assert "set only while unconfigured" in described
+        assert "live" in node.describe_parameter("score_threshold").additional_constraints
+    finally:
+        assert node.set_parameters([Parameter("max_faces", value=32), Parameter("score_threshold", value=0.5)])[0] \
+            .successful
+    assert len(probe.request(image, "bgr8", timeout=20)[1].faces) == before
+
+
+def test_vision_msgs_detection2d_matches_the_agegender_array(live, astronaut):
+    """The real vision_msgs (built in the underlay): one Detection2D per face, its centre and size the face's box
+    and its id the track id."""
+    vision = ros_import("vision_msgs.msg", "vision_msgs is not installed")
+    received = {}
+    cond = threading.Condition()
+
+    def keep(msg):
+        with cond:
+            received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+            cond.notify_all()
+
+    from agegender_ros.node import DETECTIONS_QOS
+
+    subscription = live.probe.create_subscription(vision.Detection2DArray, "/agegender/detections_2d", keep,
+                                                  DETECTIONS_QOS)
+    try:
+        deadline = time.monotonic() + 10
+        while live.probe.count_publishers("/agegender/detections_2d") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        stamp, msg = live.probe.request(astronaut, "bgr8", frame_id=FRAME_ID, timeout=15)
+        with cond:
+            assert cond.wait_for(lambda: stamp in received, 10.0), "no Detection2DArray for the frame"
+            detections = received[stamp]
+    finally:
+        live.probe.destroy_subscription(subscription)
+    assert detections.header.frame_id == FRAME_ID
+    (face,), (det,) = msg.faces, detections.detections
+    roi = face.roi
+    assert det.bbox.center.position.x == pytest.approx(roi.x_offset + roi.width / 2, abs=1.0)
+    assert det.bbox.center.position.y == pytest.approx(roi.y_offset + roi.height / 2, abs=1.0)
+    assert det.bbox.size_x == pytest.approx(roi.width, abs=1.0)
+    assert det.bbox.size_y == pytest.approx(roi.height, abs=1.0)
+    assert det.id == str(face.track_id) and det.header.frame_id == FRAME_ID
+    (hypothesis,) = det.results
+    assert hypothesis.hypothesis.class_id == "face"
+    assert hypothesis.hypothesis.score == pytest.approx(face.score)
+
+
+def test_echo_yaml_is_what_rosidl_runtime_py_prints(live, astronaut):
+    """The demo's fallback printer against the function `ros2 topic echo` itself uses."""
+    rosidl_runtime_py = ros_import("rosidl_runtime_py", "rosidl_runtime_py is not installed")
+    from agegender_ros.ros_echo import message_to_yaml
+
+    _, msg = live.probe.request(astronaut, "bgr8", timeout=15)
+    assert msg.faces
+    assert message_to_yaml(msg) == rosidl_runtime_py.message_to_yaml(msg).rstrip("\n")
+    empty = live.probe.request(np.full((64, 64, 3), 90, np.uint8), "bgr8", timeout=15)[1]
+    assert message_to_yaml(empty) == rosidl_runtime_py.message_to_yaml(empty).rstrip("\n")
+
+
+def test_arrival_fraction_judges_a_camera_from_its_stamps():
+    """How the node tells that a camera's frames get lost on the way (the profile warning)."""
+    m = _ros()
+    period = 33_333_333
+    rng = np.random.default_rng(0)
+    assert m.arrival_fraction([i * period for i in range(60)]) == (1.0, pytest.approx(period / 1e9))
+    jitter = [i * period + int(rng.normal(0, 4e6)) for i in range(120)]
+    assert m.arrival_fraction(jitter)[0] > 0.95
+    late = [i * period + (15_000_000 if i % 7 == 3 else 0) for i in range(120)]  # late, then on time again
+    assert m.arrival_fraction(late)[0] > 0.95
+    for keep in (0.9, 0.7, 0.5, 0.3):
+        kept = [i * period + int(rng.normal(0, 2e6)) for i in range(400) if rng.random() < keep]
+        fraction, seen_period = m.arrival_fraction(kept)
+        assert abs(fraction - keep) < 0.12 and abs(seen_period - period / 1e9) < 0.003, (keep, fraction)
+    assert m.arrival_fraction(sorted(rng.integers(0, 10 ** 10, 50))) is None  # not a camera: no judgement
+    assert m.arrival_fraction(np.cumsum(rng.uniform(5e7, 3e8, 60)).astype(int)) is None
+    assert m.arrival_fraction([i * period for i in range(10)]) is None  # too few
