@@ -274,8 +274,12 @@ def test_damaged_sqlite3_gives_a_clear_error(tmp_path, astronaut, random_weights
     err = capsys.readouterr().err
     assert code == 1, err
     assert "corrupt" in err and str(source) in err, err
-    if out.exists():  # whatever was written before the damage is a valid bag
-        read_bag(out)
+    if out.exists():  # whatever was written before the damage is a valid bag, each image with its detections
+        result = read_bag(out)
+        result.pop("_storage")
+        assert set(result) <= {CHATTER, RAW, RAW + "/agegender"}, set(result)
+        if RAW in result:
+            _check_detections(result[RAW], result.get(RAW + "/agegender", []))
 
 
 def test_not_a_bag_and_existing_output(tmp_path, random_weights, capsys):
@@ -354,3 +358,207 @@ def test_estimator_failure_is_reported_and_exits_1(tmp_path, astronaut, capsys, 
     result = read_bag(out)
     assert len(result[RAW]) == 3 and len(result[RAW + "/agegender"]) == 2
     assert all(list(d.faces) == [] for _, _, d, _ in result[RAW + "/agegender"])
+
+
+# ------------------------------------------------------------------------ what recorded bags hold in the wild
+BATTERY = "my_robot/msg/Battery"
+BATTERY_DEF = "float32 voltage\nuint8 percent\nstring name\n"
+
+
+def test_custom_and_unreadable_message_definitions(tmp_path, astronaut, random_weights, capsys):
+    """A topic of a package the reader does not have (its definition is in the bag), and one whose definition
+    nobody can parse: both copied unchanged, the first readable from OUT's own definition; images processed."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    store = _typestore()
+    store.register(get_types_from_msg(BATTERY_DEF, BATTERY))
+    battery = store.types[BATTERY](voltage=12.5, percent=87, name="main")
+    writer = Writer(source, version=9, storage_plugin=StoragePlugin.MCAP)
+    with writer:
+        image_conn = writer.add_connection(RAW, "sensor_msgs/msg/Image", typestore=store)
+        battery_conn = writer.add_connection("/battery", BATTERY, typestore=store)
+        odd_conn = writer.add_connection("/odd", "odd_pkg/msg/Odd", msgdef="float32 voltage\nuint8 ::percent",
+                                         rihs01="RIHS01_" + "ab" * 32)  # a definition no parser reads
+        writer.write(battery_conn, T0, store.serialize_cdr(battery, BATTERY))
+        writer.write(odd_conn, T0 + 1, b"\x00\x01\x00\x00\x07\x00\x00\x00")
+        writer.write(image_conn, T0 + 2, store.serialize_cdr(_image(astronaut, T0 + 2), "sensor_msgs/msg/Image"))
+    assert run_bag([source, "--out", out], random_weights) == 0
+    err = capsys.readouterr().err
+    assert "odd_pkg/msg/Odd: unreadable message definition" in err, err
+    with Reader(out) as reader:
+        conns = {c.topic: c for c in reader.connections}
+        assert set(conns) == {RAW, "/battery", "/odd", RAW + "/agegender"}
+        assert conns["/battery"].msgtype == BATTERY and "percent" in conns["/battery"].msgdef.data
+        rows = {c.topic: (t, bytes(raw)) for c, t, raw in reader.messages()}
+    assert rows["/odd"] == (T0 + 1, b"\x00\x01\x00\x00\x07\x00\x00\x00")  # as recorded
+    # Read back with OUT's own definition of the custom type, not the test's.
+    fresh = get_typestore(Stores.EMPTY)
+    fresh.register(get_types_from_msg(conns["/battery"].msgdef.data, BATTERY))
+    again = fresh.deserialize_cdr(rows["/battery"][1], BATTERY)
+    assert (again.voltage, again.percent, again.name) == (12.5, 87, "main")
+    detections = STORE.deserialize_cdr(rows[RAW + "/agegender"][1], "agegender_ros/msg/AgeGenderArray")
+    assert len(detections.faces) == 1 and _stamp(detections) == T0 + 2
+
+
+def _split_bag(tmp_path, parts: list) -> Path:
+    """A rosbag2 bag split into several MCAP files (what `ros2 bag record --max-bag-size` writes): each part
+    written as its own bag, then put in one folder under one metadata.yaml that lists the files in order."""
+    import shutil
+
+    import yaml
+
+    split = tmp_path / "split"
+    split.mkdir()
+    infos, names = [], []
+    for i, messages in enumerate(parts):
+        part = tmp_path / f"part{i}"
+        write_bag(part, messages, "mcap")
+        (mcap,) = part.glob("*.mcap")
+        names.append(f"split_{i}.mcap")
+        shutil.copy(mcap, split / names[-1])
+        infos.append(yaml.safe_load((part / "metadata.yaml").read_text())["rosbag2_bagfile_information"])
+    info = infos[0]
+    info["relative_file_paths"] = names
+    info["message_count"] = sum(i["message_count"] for i in infos)
+    end = max(i["starting_time"]["nanoseconds_since_epoch"] + i["duration"]["nanoseconds"] for i in infos)
+    info["duration"]["nanoseconds"] = end - info["starting_time"]["nanoseconds_since_epoch"]
+    counts: dict = {}
+    for part_info in infos:
+        for entry in part_info["topics_with_message_count"]:
+            name = entry["topic_metadata"]["name"]
+            if name in counts:
+                counts[name]["message_count"] += entry["message_count"]
+            else:
+                counts[name] = entry
+    info["topics_with_message_count"] = list(counts.values())
+    info["files"] = [dict(path=name, starting_time=i["starting_time"], duration=i["duration"],
+                          message_count=i["message_count"]) for name, i in zip(names, infos)]
+    (split / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}))
+    return split
+
+
+def test_split_bag_is_read_across_its_files(tmp_path, astronaut, random_weights, capsys):
+    messages = standard_messages(astronaut)
+    source, out = _split_bag(tmp_path, [messages[:4], messages[4:]]), tmp_path / "out"
+    assert run_bag([source, "--out", out], random_weights) == 0
+    result = read_bag(out)
+    result.pop("_storage")
+    assert [m.data for _, _, m, _ in result[CHATTER]] == ["hello", "world"]  # from both files
+    raw_ok = [m for m in result[RAW] if m[2].step != 100]
+    assert len(result[RAW]) == 4 and len(raw_ok) == 3
+    _check_detections(raw_ok, result[RAW + "/agegender"])
+    _check_detections(result[COMPRESSED], result[COMPRESSED + "/agegender"])
+    # One track across the file boundary.
+    assert len({d[2].faces[0].track_id for d in result[RAW + "/agegender"]}) == 1
+    assert f"{RAW}: 3 image(s), 3 face(s)" in capsys.readouterr().out
+
+
+def test_topics_on_a_salvaged_mcap(tmp_path, astronaut, random_weights, capsys):
+    """--topics on an MCAP file cut off by a killed recorder: only the named topic is processed, everything
+    readable is copied, exit status 1 for the damage."""
+    pytest.importorskip("mcap", reason="mcap is not installed (pip install mcap)")
+    source, out = tmp_path / "in", tmp_path / "out"
+    ms = 1_000_000
+    messages = [(CHATTER, "std_msgs/msg/String", T0, _string("start"))]
+    for i in range(6):
+        messages.append((RAW, "sensor_msgs/msg/Image", T0 + (2 * i + 1) * 50 * ms, _image(astronaut, T0 + i)))
+        messages.append((COMPRESSED, "sensor_msgs/msg/CompressedImage", T0 + (2 * i + 2) * 50 * ms,
+                         _compressed(astronaut, T0 + 100 + i)))
+    write_bag(source, messages, "mcap")
+    (mcap,) = source.glob("*.mcap")
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[: int(len(data) * 0.7)])
+    assert run_bag([source, "--out", out, "--topics", COMPRESSED], random_weights) == 1
+    err = capsys.readouterr().err
+    assert "truncated" in err and str(mcap) in err, err
+    result = read_bag(out)
+    result.pop("_storage")
+    assert RAW + "/agegender" not in result and COMPRESSED + "/agegender" in result
+    assert 1 <= len(result[COMPRESSED]) <= 6 and len(result[RAW]) >= 1  # the other image topic: copied only
+    _check_detections(result[COMPRESSED], result[COMPRESSED + "/agegender"])
+
+
+def _chunks(data: bytes) -> list:
+    """(offset, length) of each MCAP Chunk record (opcode 0x06) of a file's bytes."""
+    import struct
+
+    chunks, i = [], 8  # after the magic
+    while i + 9 <= len(data):
+        opcode, length = data[i], struct.unpack_from("<Q", data, i + 1)[0]
+        if opcode == 0x06:
+            chunks.append((i, length))
+        if opcode == 0x02:  # footer
+            break
+        i += 9 + length
+    return chunks
+
+
+def _add_chunk_crcs(path: Path) -> list:
+    """Fill in each uncompressed chunk's CRC-32, as `ros2 bag record` (the mcap C++ writer) does and rosbags'
+    writer does not. Returns the chunks' (offset, length)."""
+    import struct
+    import zlib
+
+    data = bytearray(path.read_bytes())
+    chunks = _chunks(bytes(data))
+    for offset, _ in chunks:
+        body = offset + 9
+        compression_length = struct.unpack_from("<I", data, body + 28)[0]
+        assert compression_length == 0  # uncompressed chunks
+        records_length = struct.unpack_from("<Q", data, body + 32)[0]
+        records = bytes(data[body + 40:body + 40 + records_length])
+        struct.pack_into("<I", data, body + 24, zlib.crc32(records))
+    path.write_bytes(bytes(data))
+    return chunks
+
+
+@pytest.mark.parametrize("damage", ["payload", "records"])
+def test_a_corrupt_chunk_in_the_middle(tmp_path, astronaut, random_weights, capsys, damage):
+    """Bytes overwritten inside an MCAP chunk (a bad disk block), the file otherwise whole: in an image's pixels
+    (caught by the chunk's CRC-32, which `ros2 bag record` writes) or across the chunk's record framing: a clear
+    error naming the file, exit status 1, and OUT a valid bag with what came before the damaged chunk.
+    (A chunk written without a CRC -- rosbags' own writer -- cannot show damage inside a message's data.)"""
+    source, out = tmp_path / "in", tmp_path / "out"
+    rng = np.random.default_rng(0)
+    frame = astronaut.copy()
+    frame[300:] = rng.integers(0, 256, frame[300:].shape, dtype=np.uint8)
+    write_bag(source, _many_frames(frame, 8), "mcap")  # 786 kB per frame: several 1 MiB chunks
+    (mcap,) = source.glob("*.mcap")
+    chunks = _add_chunk_crcs(mcap)
+    assert len(chunks) >= 4
+    offset, length = chunks[len(chunks) // 2]
+    data = bytearray(mcap.read_bytes())
+    start = offset + 9 + 40 + (length - 40) // 2 if damage == "payload" else offset + 9 + 40
+    data[start:start + 4096] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    mcap.write_bytes(bytes(data))
+    code = run_bag([source, "--out", out], random_weights)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"error: corrupt or truncated bag: {source}: Chunk checksum mismatch" in err or \
+        f"error: corrupt or truncated bag: {source}" in err, err
+    assert "read before the damage" in err
+    result = read_bag(out)
+    assert 1 <= len(result[RAW]) < 8
+    _check_detections(result[RAW], result[RAW + "/agegender"])
+    assert [m.data for _, _, m, _ in result[CHATTER]] == ["start"]
+
+
+def test_a_frame_that_decompresses_to_gigabytes_is_skipped(tmp_path, astronaut, random_weights, capsys):
+    """A 16000 x 16000 PNG CompressedImage (0.3 MB, 768 MB decoded): skipped from its header, copied, counted as
+    malformed; --max-image-pixels lowers the limit for the camera frames too."""
+    from test_ros_image import huge_png
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    huge = T["sensor_msgs/msg/CompressedImage"](header=_header(T0 + 5, "camera2"), format="png",
+                                                data=np.frombuffer(huge_png(), np.uint8))
+    messages = standard_messages(astronaut)[:3] + [(COMPRESSED, "sensor_msgs/msg/CompressedImage", T0 + 30_000_000,
+                                                    huge)]
+    write_bag(source, messages, "mcap")
+    assert run_bag([source, "--out", out], random_weights) == 0
+    captured = capsys.readouterr()
+    assert "image 16000x16000 (256,000,000 pixels) is larger than max_image_pixels 33,177,600" in captured.err
+    assert f"{COMPRESSED}: 1 image(s), 1 face(s) -> {COMPRESSED}/agegender; 1 malformed image(s) skipped" in \
+        captured.out
+    result = read_bag(out)
+    assert len(result[COMPRESSED]) == 2 and len(result[COMPRESSED + "/agegender"]) == 1
+    assert run_bag([source, "--out", tmp_path / "small", "--max-image-pixels", "1000"], random_weights) == 0
+    assert f"{RAW}: 0 image(s), 0 face(s)" in capsys.readouterr().out  # 512 x 512 is above 1000 pixels
