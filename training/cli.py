@@ -148,8 +148,6 @@ def _pairs(args) -> list[tuple[str, str]]:
 
 
 def cmd_train(args) -> int:
-    from dataclasses import asdict
-
     from .cache import concatenate
     from .datasets import DATASETS
     from .protocols import DEFAULT_PROTOCOL
@@ -170,12 +168,22 @@ def cmd_train(args) -> int:
         if name not in DATASETS or not root:
             raise CommandError(f"--unseen {item!r}: expected DATASET=ROOT with DATASET one of {', '.join(DATASETS)}")
         unseen.append((name, root))
+    from .teachers import spec_for
+    from .train import recipe, registered_teachers
+
+    teachers = [spec_for(name) for name in registered_teachers(config.teacher)]
     card = {"training_data": " + ".join(f"{n} ({len(t)} train / {len(v)} held out)"
                                         for n, t, v in zip(names, train_parts, val_parts)),
             "licence": "Research use only: trained on datasets released for non-commercial research "
-                       f"({', '.join(name for name, _ in _pairs(args))}); do not use commercially.",
+                       f"({', '.join(name for name, _ in _pairs(args))}); do not use commercially."
+                       + "".join(f" Distilled from teacher {t.name} ({t.licence}), which learned from {t.saw}."
+                                 for t in teachers),
             "detector_for_crops": args.detector,
-            "recipe": {k: v for k, v in asdict(config).items() if k not in ("threads", "device", "amp")}}
+            "recipe": recipe(config)}
+    if teachers:
+        card["teachers"] = [{"name": t.name, "package": t.package, "files": t.model_json, "licence": t.licence,
+                             "trained_on": t.saw, "precision_of_its_pass": config.teacher_precision}
+                            for t in teachers]
     from agegender_ros.weights import WeightsError, load_model, update_card
 
     try:
