@@ -58,7 +58,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = PHOTO_MAX_PIXEL
     a truncated JPEG without an error, filling the missing part with grey, which would silently become a wrong
     training face.
     """
-    from .image_header import FORMATS, declared_size
+    from .image_header import declared_size
 
     try:
         data = np.fromfile(str(path), np.uint8)
@@ -66,8 +66,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = PHOTO_MAX_PIXEL
         raise ImageReadError(path, f"cannot read ({error.strerror or error})") from error
     if max_pixels is not None and data.size:
         header = declared_size(data)
-        if header is None:
-            raise ImageReadError(path, f"not a readable image (no {FORMATS} header with its size)")
+        if header is None:  # no JPEG, PNG, BMP, WebP, TIFF or PNM header that says the size
+            raise ImageReadError(path, "not a readable image (corrupt, truncated or unsupported format)")
         _, width, height = header
         if width * height > max_pixels:
             raise ImageReadError(path, f"image {width}x{height} ({width * height:,} pixels) is larger than the "

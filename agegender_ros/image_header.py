@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import struct
 
-FORMATS = "JPEG, PNG, BMP, WebP, TIFF, PBM/PGM/PPM"
-
-
 def declared_size(data) -> tuple[str, int, int] | None:
     """(kind, width, height) from the header of an image file's bytes (anything with the buffer protocol), or
     None when the header is missing, cut short or of another format."""

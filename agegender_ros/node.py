@@ -375,7 +375,7 @@ class AgeGenderNode(_NodeBase):
         self._detections_pub = self._debug_pub = self._vision_pub = self._diag_pub = None
         self._diag_timer = None
         self._bridge = None
-        self._decode_throttle = self._failure_throttle = self._size_throttle = Throttle(5.0)
+        self._decode_throttle = self._failure_throttle = self._size_throttle = self._cut_throttle = Throttle(5.0)
         self._loss_throttle = Throttle(30.0)
         self._declaration_problems: dict = {}
         self._declare_parameters()
@@ -414,7 +414,9 @@ class AgeGenderNode(_NodeBase):
         self._startup_error = None
         try:
             self._configure()
-        except StartupError as error:
+        except Exception as error:  # rclpy would turn an exception into a silent ERROR transition
+            if not isinstance(error, StartupError):
+                error = StartupError(f"configure failed: {type(error).__name__}: {error}")
             self._startup_error = error
             self.get_logger().error(str(error))
             self._cleanup()
@@ -422,7 +424,12 @@ class AgeGenderNode(_NodeBase):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> "TransitionCallbackReturn":
-        self._activate()
+        try:
+            self._activate()
+        except Exception as error:  # e.g. a topic the RMW refuses: said, and the node stays inactive
+            self.get_logger().error(f"activate failed: {type(error).__name__}: {error}")
+            self._deactivate()
+            return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state) -> "TransitionCallbackReturn":

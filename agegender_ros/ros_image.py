@@ -24,8 +24,6 @@ import numpy as np
 
 from agegender_ros.image_header import declared_size
 
-from agegender_ros.image_header import declared_size
-
 # Largest frame accepted by default (the node's max_image_pixels, `agegender bag --max-image-pixels`): 8K UHD,
 # 7680 x 4320 = 33.2 Mpx, the largest video camera frame. Anything larger is refused from its declared size.
 MAX_PIXELS = 7680 * 4320

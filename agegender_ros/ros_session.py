@@ -32,7 +32,8 @@ from agegender_ros.node import DEBUG_IMAGE_QOS, DETECTIONS_QOS, DIAGNOSTICS_QOS,
     _try_shutdown, image_message, stamp_to_ns
 from agegender_ros.ros_image import ImageDecodeError, decode_raw, encode_frame
 
-__all__ = ["RosSession", "Probe", "private_domain_id", "image_message", "compressed_message", "StartupError"]
+__all__ = ["RosSession", "Probe", "private_domain_id", "image_message", "compressed_message", "camera_frame",
+           "StartupError"]
 
 
 def compressed_message(frame_bgr: np.ndarray, header: Header | None = None, fmt: str = "jpeg",
@@ -50,6 +51,22 @@ def compressed_message(frame_bgr: np.ndarray, header: Header | None = None, fmt:
     msg.format = f"bgr8; {'png' if fmt == 'png' else 'jpeg'} compressed bgr8"
     msg.data = array.array("B", data.tobytes())
     return msg
+
+
+def camera_frame() -> np.ndarray:
+    """A 640 x 480 bgr8 frame with one face (the bundled astronaut photo, its face around x 245..340, y 60..180),
+    as a USB camera would send: what the launch tests and the node benchmark publish."""
+    import cv2
+
+    import agegender_ros
+
+    for folder in agegender_ros.__path__:  # the installed package and, with extend_path, the source tree
+        photo = cv2.imread(os.path.join(folder, "samples", "astronaut.jpg"))
+        if photo is not None:
+            frame = np.full((480, 640, 3), 100, np.uint8)
+            frame[:, 64:576] = photo[16:496]
+            return frame
+    raise FileNotFoundError("agegender_ros/samples/astronaut.jpg is not installed")
 
 
 def private_domain_id() -> int:

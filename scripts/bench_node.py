@@ -183,6 +183,39 @@ def _stats(probe, sent: list, duration: float, first_arrival: int) -> dict:
     }
 
 
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _measure(args, probe, transport: str, results: dict, soak_run=None) -> None:
+    """Per scene (--faces): a warm-up of a few answered frames, then a stream at each --rates for --seconds, one
+    row each in results["scenes"]; with soak_run(message, faces, faces seen), the soak of the first scene."""
+    from agegender_ros.ros_image import encode_frame
+    from agegender_ros.ros_session import image_message
+
+    for n_faces in args.faces:
+        frame = _scene(n_faces)
+        message = image_message(encode_frame(frame, "bgr8"))
+        faces_seen = []  # the warm-up also checks the scene
+        for _ in range(5):
+            try:
+                faces_seen.append(len(probe.request(frame, "bgr8", timeout=15)[1].faces))
+            except TimeoutError:
+                pass
+        if soak_run is not None:
+            results["soak"] = soak_run(message, n_faces, sorted(set(faces_seen)))
+            return
+        for rate in args.rates:
+            first_arrival = len(probe.arrivals)
+            sent, duration = _stream(probe, message, rate, args.seconds)
+            time.sleep(1.0)  # the last replies
+            scene = {"transport": transport, "faces_in_frame": n_faces, "faces_detected": sorted(set(faces_seen)),
+                     "input_rate_hz": rate, **_stats(probe, sent, duration, first_arrival)}
+            results["scenes"].append(scene)
+            print(json.dumps(scene), flush=True)
+
+
 def run(args, transport: str) -> dict:
     """One node (process or launch) and one publishing/receiving session with this DDS transport."""
     if args.via == "external":
@@ -197,8 +230,6 @@ def run(args, transport: str) -> dict:
             node_env = dict(os.environ)
 
     from agegender_ros import ros_session as ros
-    from agegender_ros.ros_image import encode_frame
-    from agegender_ros.ros_session import image_message
     from agegender_ros.weights import default_weights_path
 
     weights = args.weights
@@ -218,10 +249,7 @@ def run(args, transport: str) -> dict:
     with open(node_log, "w") as log:
         proc = subprocess.Popen(["timeout", "-s", "KILL", str(int(total_s * 1.5 + 180))] + command, env=node_env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    results = {"via": args.via, "transport": transport, "node_command": description,
-               "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                           "python": platform.python_version(),
-                           "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+    results = {"via": args.via, "transport": transport, "node_command": description, "machine": _machine(),
                "weights": weights, "scenes": []}
     if args.via == "launch":
         results["dds_profile"] = args.dds_profile
@@ -236,28 +264,9 @@ def run(args, transport: str) -> dict:
                 environ = Path(f"/proc/{node_pid}/environ").read_bytes().decode(errors="replace").split("\0")
                 results["node_dds_profile"] = next((e.split("=", 1)[1] for e in environ
                                                     if e.startswith(PROFILE_VARIABLES[0] + "=")), None)
-            for n_faces in args.faces:
-                frame = _scene(n_faces)
-                message = image_message(encode_frame(frame, "bgr8"))
-                # Warm-up (also checks the scene): a few answered frames.
-                faces_seen = []
-                for _ in range(5):
-                    try:
-                        faces_seen.append(len(probe.request(frame, "bgr8", timeout=15)[1].faces))
-                    except TimeoutError:
-                        pass
-                if args.soak:
-                    results["soak"] = soak(args, probe, message, proc, node_pid, n_faces, sorted(set(faces_seen)))
-                    break
-                for rate in args.rates:
-                    first_arrival = len(probe.arrivals)
-                    sent, duration = _stream(probe, message, rate, args.seconds)
-                    time.sleep(1.0)  # the last replies
-                    scene = {"transport": transport, "faces_in_frame": n_faces,
-                             "faces_detected": sorted(set(faces_seen)), "input_rate_hz": rate,
-                             **_stats(probe, sent, duration, first_arrival)}
-                    results["scenes"].append(scene)
-                    print(json.dumps(scene), flush=True)
+            _measure(args, probe, transport, results,
+                     (lambda message, n, seen: soak(args, probe, message, proc, node_pid, n, seen)) if args.soak
+                     else None)
     finally:
         results["node_alive_at_end"] = proc.poll() is None
         _stop(proc)
@@ -278,16 +287,11 @@ def run_external(args, transport: str) -> dict:
         if transport == "large-shm":
             os.environ.update({name: str(PROFILE) for name in PROFILE_VARIABLES})
     from agegender_ros import ros_session as ros
-    from agegender_ros.ros_image import encode_frame
-    from agegender_ros.ros_session import image_message
 
     domain = int(os.environ.get("ROS_DOMAIN_ID", "0") or 0)
     results = {"via": "external", "transport": transport, "publisher_dds_profile":
                os.environ.get(PROFILE_VARIABLES[0]), "image_topic": args.image_topic,
-               "detections_topic": args.detections_topic, "ros_domain_id": domain,
-               "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                           "python": platform.python_version(),
-                           "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+               "detections_topic": args.detections_topic, "ros_domain_id": domain, "machine": _machine(),
                "scenes": []}
     with ros.RosSession(domain_id=domain) as session:
         probe = session.probe(image_topic=args.image_topic, detections_topic=args.detections_topic,
@@ -295,23 +299,7 @@ def run_external(args, transport: str) -> dict:
         if not probe.wait_ready(120.0):
             raise RuntimeError(f"no node subscribes to {args.image_topic} and publishes {args.detections_topic} "
                                f"in ROS_DOMAIN_ID {domain}")
-        for n_faces in args.faces:
-            frame = _scene(n_faces)
-            message = image_message(encode_frame(frame, "bgr8"))
-            faces_seen = []
-            for _ in range(5):
-                try:
-                    faces_seen.append(len(probe.request(frame, "bgr8", timeout=15)[1].faces))
-                except TimeoutError:
-                    pass
-            for rate in args.rates:
-                first_arrival = len(probe.arrivals)
-                sent, duration = _stream(probe, message, rate, args.seconds)
-                time.sleep(1.0)
-                scene = {"transport": transport, "faces_in_frame": n_faces, "faces_detected": sorted(set(faces_seen)),
-                         "input_rate_hz": rate, **_stats(probe, sent, duration, first_arrival)}
-                results["scenes"].append(scene)
-                print(json.dumps(scene), flush=True)
+        _measure(args, probe, transport, results)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 

@@ -48,21 +48,9 @@ def generate_test_description():
 
 
 def _frame():
-    import cv2
-    import numpy as np
+    from agegender_ros.ros_session import camera_frame
 
-    import agegender_ros
-
-    photo = None
-    for folder in agegender_ros.__path__:  # the installed package and, with extend_path, the source tree
-        candidate = Path(folder) / "samples" / "astronaut.jpg"
-        if candidate.is_file():
-            photo = cv2.imread(str(candidate))
-            break
-    assert photo is not None, "agegender_ros/samples/astronaut.jpg not found"
-    frame = np.full((480, 640, 3), 100, np.uint8)
-    frame[:, 64:576] = photo[16:496]  # the astronaut's face, as scripts/bench_node.py uses it
-    return frame
+    return camera_frame()  # the astronaut's face, as scripts/bench_node.py uses it
 
 
 class TestDetections(unittest.TestCase):

@@ -52,22 +52,6 @@ def generate_test_description():
     return LaunchDescription([nano, launch_testing.actions.ReadyToTest()])
 
 
-def _frame():
-    import cv2
-    import numpy as np
-
-    import agegender_ros
-
-    for folder in agegender_ros.__path__:
-        candidate = Path(folder) / "samples" / "astronaut.jpg"
-        if candidate.is_file():
-            photo = cv2.imread(str(candidate))
-            frame = np.full((480, 640, 3), 100, np.uint8)
-            frame[:, 64:576] = photo[16:496]
-            return frame
-    raise AssertionError("agegender_ros/samples/astronaut.jpg not found")
-
-
 def _huge_png() -> bytes:
     """A 16000 x 16000 grey PNG (~0.8 MB compressed, 768 MB decoded), made without 768 MB of memory: IHDR +
     one IDAT of a zlib stream of identical rows + IEND."""
@@ -96,19 +80,18 @@ def _rss_kib(pid):
 class TestLifecycle(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        import rclpy
+        """A node of our own in a RosSession (private rclpy context, executor spinning in a thread)."""
         from lifecycle_msgs.srv import ChangeState, GetState
         from rcl_interfaces.srv import GetParameters, SetParameters
-        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CompressedImage, Image
 
         from agegender_ros.msg import AgeGenderArray
+        from agegender_ros.ros_session import RosSession, camera_frame
 
-        cls.rclpy = rclpy
-        cls.context = rclpy.Context()
-        rclpy.init(context=cls.context)
-        cls.node = rclpy.create_node("agegender_lifecycle_test", context=cls.context)
+        cls.session = RosSession()  # ROS_DOMAIN_ID from the environment, as the launch has it
+        cls.node = cls.session.add(Node("agegender_lifecycle_test", context=cls.session.context))
         cls.lock = threading.Lock()
         cls.detections = []
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -120,11 +103,7 @@ class TestLifecycle(unittest.TestCase):
         cls.get_state = cls.node.create_client(GetState, f"{NODE}/get_state")
         cls.set_parameters = cls.node.create_client(SetParameters, f"{NODE}/set_parameters")
         cls.get_parameters = cls.node.create_client(GetParameters, f"{NODE}/get_parameters")
-        cls.executor = SingleThreadedExecutor(context=cls.context)
-        cls.executor.add_node(cls.node)
-        cls.spinner = threading.Thread(target=cls._spin, daemon=True)
-        cls.spinner.start()
-        cls.frame = _frame()
+        cls.frame = camera_frame()
 
     @classmethod
     def _on_detections(cls, msg):
@@ -132,18 +111,8 @@ class TestLifecycle(unittest.TestCase):
             cls.detections.append(msg)
 
     @classmethod
-    def _spin(cls):
-        while cls.context.ok():
-            try:
-                cls.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutdown while spinning
-                break
-
-    @classmethod
     def tearDownClass(cls):
-        cls.node.destroy_node()
-        cls.rclpy.shutdown(context=cls.context)
-        cls.spinner.join(timeout=5)
+        cls.session.close()
 
     # helpers
     def _call(self, client, request, timeout=60.0):
