@@ -872,3 +872,42 @@ def test_arrival_fraction_judges_a_camera_from_its_stamps():
     assert m.arrival_fraction(sorted(rng.integers(0, 10 ** 10, 50))) is None  # not a camera: no judgement
     assert m.arrival_fraction(np.cumsum(rng.uniform(5e7, 3e8, 60)).astype(int)) is None
     assert m.arrival_fraction([i * period for i in range(10)]) is None  # too few
+
+
+def test_a_failed_configure_leaves_the_managed_node_unconfigured(live, random_weights, capfd):
+    """autostart false (a lifecycle manager): configure with missing weights fails with the start-up error and
+    the node stays unconfigured and alive; with the weights set, configure and activate work; shutdown from
+    active finalizes it. (Foxy/Galactic have no rclpy.lifecycle: skipped there.)"""
+    if not live.module.LIFECYCLE:
+        pytest.skip("this rclpy has no lifecycle nodes (Foxy, Galactic): the node starts active")
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    node = live.module.AgeGenderNode("managed_test", context=live.session.context, parameter_overrides=[
+        Parameter("autostart", value=False), Parameter("weights", value="/nonexistent/model.pt"),
+        Parameter("image_topics", value=["/managed_test/image"]), Parameter("detections_topic",
+                                                                           value="/managed_test/detections")])
+    try:
+        assert node.state == "unconfigured" and node.estimator is None
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.state == "unconfigured" and node.estimator is None
+        err = capfd.readouterr().err
+        assert "weights: file '/nonexistent/model.pt' does not exist" in err, err[-2000:]
+        assert node.set_parameters([Parameter("weights", value=str(random_weights))])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node.state == "inactive"
+        assert node.count_publishers("/managed_test/detections") == 0 and not node._io  # nothing before activate
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS and node.state == "active"
+        assert node._worker.is_alive() and len(node._io) >= 2
+        # Not live: refused while active, accepted once unconfigured again.
+        assert not node.set_parameters([Parameter("detector", value="haar")])[0].successful
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS and not node._io
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS and node.estimator is None
+        assert node.set_parameters([Parameter("detector", value="haar")])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.estimator.detector.name == "haar"
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS  # from active
+        assert node.state == "finalized" and node.finalized.is_set() and node.estimator is None
+        assert node._worker is None
+    finally:
+        node.destroy_node()
