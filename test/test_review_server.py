@@ -126,13 +126,14 @@ def test_cut_off_body_is_never_saved(workdir, server):
     # Sends 27 of 100 bytes and stalls: the read times out (1 s here), nothing is saved, the handler is freed.
     started = time.monotonic()
     reply = _post(server, body, 100, shut_write=False, wait=15.0)
-    assert _status(reply) in (None, 408), reply
+    assert _status(reply) == 408 and b"body not received within" in reply, reply
     assert time.monotonic() - started < 10
     assert _answers(workdir) == before
     # A request whose headers never end is dropped after the time limit too.
     started = time.monotonic()
     reply = _raw(server, b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\n", shut_write=False, wait=15.0)
-    assert _status(reply) != 200 and time.monotonic() - started < 10
+    # http.server drops a request whose headers time out without a reply: the connection is closed, promptly.
+    assert reply == b"" and time.monotonic() - started < 10, reply
     assert _answers(workdir) == before
     # The server still answers afterwards.
     body = b'{"index": 2, "answer": "skip"}'
