@@ -381,7 +381,7 @@ class AgeGenderNode(_NodeBase):
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if LIFECYCLE and not self.get_parameter("autostart").value:
-            self.get_logger().info(f"unconfigured; waiting for `ros2 lifecycle set {self.get_fully_qualified_name()} "
+            self.get_logger().info(f"unconfigured; waiting for `ros2 lifecycle set {self._full_name()} "
                                    "configure` (then activate)")
             return
         if not LIFECYCLE and not self.get_parameter("autostart").value:
@@ -392,6 +392,10 @@ class AgeGenderNode(_NodeBase):
         except StartupError as error:
             self.destroy_node()
             raise error
+
+    def _full_name(self) -> str:
+        """/namespace/name (Node.get_fully_qualified_name is not in every rclpy this node runs on)."""
+        return self.get_namespace().rstrip("/") + "/" + self.get_name()
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -815,7 +819,7 @@ class AgeGenderNode(_NodeBase):
         if held is not None:
             self.get_logger().info(
                 f"{slot.topic}: {cut} of {cut + kept} faces left out: max_faces is {max_faces} (the most confident "
-                f"are kept; `ros2 param set {self.get_fully_qualified_name()} max_faces N` to report more)"
+                f"are kept; `ros2 param set {self._full_name()} max_faces N` to report more)"
                 + (f" ({held} more frames with faces left out since)" if held else ""))
 
     def _lost_frames(self) -> list:
@@ -915,7 +919,7 @@ class AgeGenderNode(_NodeBase):
             totals = dict(self.stats)
         status = DiagnosticStatus()
         status.name = f"{self.get_name()}: age/gender"
-        status.hardware_id = self.get_namespace().rstrip("/") + "/" + self.get_name()
+        status.hardware_id = self._full_name()
         rate = period.processed / elapsed
 
         def pct(values, q):
