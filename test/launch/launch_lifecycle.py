@@ -7,8 +7,8 @@ services, its live parameters through the real parameter services, and an image 
 /agegender_node/change_state, get_state, set_parameters, a camera publisher and a detections subscriber):
 * unconfigured and inactive: it does not subscribe to the camera, and no detections come;
 * configure -> activate: detections flow; deactivate: they stop (and the camera subscription goes away);
-  activate again: they flow again; deactivate -> cleanup: unconfigured, and the resident memory the model took
-  at configure is given back;
+  activate again: they flow again; deactivate -> cleanup: unconfigured, and resident memory is given back (what
+  stays -- shared libraries loaded once -- does not grow with another configure -> cleanup);
 * live parameters: score_threshold 0.6 is accepted (and read back); 1.5 (out of range) and a string for
   max_faces (wrong type) are refused with the reason, the old value stays; detector (used by configure) is
   refused while active, with the reason;
@@ -238,6 +238,14 @@ class TestLifecycle(unittest.TestCase):
         self.assertLess(rss_cleaned, rss_active, "cleanup gave no memory back")
         self.assertGreater(rss_active - rss_cleaned, model_kib // 4,
                            f"cleanup gave back {rss_active - rss_cleaned} KiB of the {model_kib} KiB configure took")
+        # What stays after cleanup (shared libraries loaded once, such as ONNX Runtime's) does not grow with
+        # further configure / cleanup cycles.
+        self._transition("configure", "inactive")
+        self._transition("cleanup", "unconfigured")
+        time.sleep(0.5)
+        rss_cleaned_again = _rss_kib(pid)
+        print(f"resident memory (KiB) after a second configure + cleanup: {rss_cleaned_again}")
+        self.assertLess(rss_cleaned_again, rss_cleaned + 10 * 1024, "memory grows with each configure/cleanup")
 
         # Shutdown from unconfigured: the node finalizes and its process ends by itself (exit code: TestShutdown).
         from lifecycle_msgs.srv import ChangeState
