@@ -128,10 +128,13 @@ def test_one_epoch_distillation_through_the_cli_with_cached_teacher_answers(teac
     (tmp_path / "celeba" / "Test" / "male").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "celeba" / "Test" / "male" / "000100.jpg"),
                 cv2.resize(cv2.imread(str(faces[0])), (89, 113)))
+    broken = tmp_path / "celeba" / "Train" / "male" / "999999.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 cut off")
     common = ["train", "--dataset", "celeba_gender", "--root", tmp_path / "celeba", "--epochs", "1",
               "--batch-size", "4", "--threads", "1", "--no-progress", "--teacher", "hse-faceres-deep"]
     result = agegender(*common, "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr
+    assert result.stderr.count(f"warning: {broken}: not a readable image") == 1  # named once, then skipped
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train_images"] == 12 and np.isfinite(metrics["history"][0]["train_loss"])
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -4,10 +4,12 @@ Data live in memory as uint8 80x80 crops (see cache.py) on the training device; 
 augments it on the device (flip, shift/scale/rotation in one affine resample to 64x64, colour jitter, some
 greyscale; optionally smeared tight-crop margins and other cameras' degradations) and normalises it with the
 runtime's own constants. Every epoch's shuffle, augmentation and dropout are seeded by (seed, epoch), so a run
-resumed from its last checkpoint replays exactly what an uninterrupted run does.
+resumed from its last checkpoint replays exactly what an uninterrupted run does; a resume with another recipe or
+other training faces is refused, naming the difference.
 
 Options beyond the paper's recipe, each measured in docs/results.md: label-distribution age heads (age_bins),
-age-balanced sampling (age_balance) and knowledge distillation from frozen teachers (teacher).
+age-balanced sampling (age_balance) and knowledge distillation from frozen teachers (teacher), including
+faces that only a teacher labels (CelebA's gender-only faces get the teachers' ages).
 
 Multi-GPU / multi-machine: start with `torchrun --nproc-per-node N -m training.cli train ...`; each rank takes
 its share of every epoch's permutation and DistributedDataParallel averages gradients. Only rank 0 writes.
@@ -66,9 +68,10 @@ class TrainConfig:
     # once per epoch (the paper), 1 = every age bin equally often. Counters the pull towards the training sets'
     # mean age that shows as overestimated children and underestimated elderly on faces from elsewhere.
     age_balance: float = 0.0
-    # Knowledge distillation: comma-separated weight files whose averaged (age, P(male)) on each augmented batch
-    # are a second target for every head, mixed with the labels at distill_weight. Training only: the teachers
-    # never ship, and they need not share the student's architecture.
+    # Knowledge distillation: comma-separated teachers whose averaged (age, P(male)) is a second target for every
+    # head, mixed with the labels at distill_weight: registered teachers (training/teachers, e.g. hse-faceres-deep),
+    # run once per training face from the photo and cached, and/or our own weight files, run on each augmented
+    # batch. Training only: the teachers never ship, and they need not share the student's architecture.
     teacher: str = ""
     distill_weight: float = 0.5
     # The teachers' share of the gender loss where a face has a gender label (default: distill_weight). Real
@@ -438,8 +441,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
 NOT_RECIPE = ("threads", "device", "amp")
 
 
-def recipe(config: TrainConfig) -> dict:
-    return {k: v for k, v in asdict(config).items() if k not in NOT_RECIPE}
+def recipe(config: TrainConfig | dict) -> dict:
+    fields = config if isinstance(config, dict) else asdict(config)
+    return {k: v for k, v in fields.items() if k not in NOT_RECIPE}
 
 
 def data_fingerprint(data: PreprocessedSet) -> dict:
@@ -461,7 +465,8 @@ def load_checkpoint(path: Path, config: TrainConfig, data: PreprocessedSet, devi
     """The checkpoint's state, once it is readable and was written by this recipe on these faces."""
     try:
         state = torch.load(path, map_location=device, weights_only=False)
-        saved_recipe = {k: v for k, v in state["config"].items() if k not in NOT_RECIPE}
+        # An option added since the checkpoint was written had its default value then.
+        saved_recipe = {**recipe(TrainConfig()), **recipe(state["config"])}
     except Exception as error:  # torch.load raises whatever the damaged file's unpickling hits
         raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error}); delete it to "
                          "start this run over") from error
