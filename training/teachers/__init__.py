@@ -299,7 +299,7 @@ def teacher_targets(name: str, paths, boxes, precision: str = "float32", batch_s
                 ages, p_male = ages.astype(np.float32), p_male.astype(np.float32)
                 ages[failed], p_male[failed] = np.nan, np.nan
                 chunk = folder / f"chunk-{keys[index[0]]}-{len(index)}.npz"
-                partial = chunk.with_name(chunk.name + ".partial.npz")
+                partial = chunk.with_name("partial-" + chunk.name)  # not matched by the readers' chunk-*.npz
                 np.savez(partial, keys=keys[index], ages=ages, p_male=p_male, age_probs=probs.astype(np.float16),
                          failed=failed)
                 os.replace(partial, chunk)
