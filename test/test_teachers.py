@@ -141,3 +141,47 @@ def test_one_epoch_distillation_through_the_cli_with_cached_teacher_answers(teac
     assert config["teacher"] == "hse-faceres-deep" and config["teacher_precision"] == "bfloat16"
     typo = agegender(*common[:-1], "hse-facers", "--out", tmp_path / "typo")
     assert typo.returncode == 2 and "no such weight file, nor a registered teacher" in typo.stderr
+    skip_typo = agegender(*common, "--teacher-skip", "afa", "--out", tmp_path / "skip")
+    assert skip_typo.returncode == 2 and "--teacher-skip afa: not a dataset" in skip_typo.stderr
+
+
+def test_faces_remember_their_dataset_through_splits_and_concatenation():
+    from training.cache import PreprocessedSet, concatenate
+
+    def dataset(name, n):
+        return PreprocessedSet(np.zeros((n, 1, 1, 3), np.uint8), np.zeros(n, np.float32), np.zeros(n, np.int8),
+                               np.array(["s"] * n), np.array(["p"] * n), np.array([""] * n), np.ones(n, bool),
+                               np.zeros((n, 4), np.float32), [], np.full(n, name))
+
+    joined = concatenate([dataset("aaf", 3).subset([0, 2]), dataset("celeba_gender", 2)])
+    assert joined.sources.tolist() == ["aaf", "aaf", "celeba_gender", "celeba_gender"]
+    assert joined.subset([3, 0]).sources.tolist() == ["celeba_gender", "aaf"]
+
+
+def test_teacher_skip_leaves_a_datasets_faces_to_their_labels(monkeypatch):
+    """--teacher-skip aaf: AAF's faces get no teacher target (NaN, so the loss uses their labels alone), and the
+    teacher is not even run on them."""
+    from training.cache import PreprocessedSet, concatenate
+    from training.train import cached_teacher_targets
+
+    asked = []
+
+    def fake_targets(name, paths, boxes, precision, **kwargs):
+        asked.extend(paths)
+        n = len(paths)
+        return teachers.TeacherTargets(np.full(n, 40.0, np.float32), np.full(n, 0.9, np.float32),
+                                       np.zeros((n, 100), np.float16), np.zeros(n, bool))
+
+    monkeypatch.setattr(teachers, "teacher_targets", fake_targets)
+
+    def dataset(name, n):
+        return PreprocessedSet(np.zeros((n, 1, 1, 3), np.uint8), np.full(n, 30.0, np.float32), np.ones(n, np.int8),
+                               np.array(["s"] * n), np.array([f"{name}/{i}.jpg" for i in range(n)]),
+                               np.array([""] * n), np.ones(n, bool), np.zeros((n, 4), np.float32), [],
+                               np.full(n, name))
+
+    data = concatenate([dataset("aaf", 2), dataset("utkface", 3)])
+    ages, p_male = cached_teacher_targets("hse-faceres-deep", data, skip="aaf")
+    assert np.isnan(ages[:2]).all() and np.isnan(p_male[:2]).all()
+    assert ages[2:].tolist() == [40.0] * 3 and asked == [f"utkface/{i}.jpg" for i in range(3)]
+    assert cached_teacher_targets("some/weights.pt", data) is None  # no registered teacher named

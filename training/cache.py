@@ -38,11 +38,13 @@ class PreprocessedSet:
     detected: np.ndarray  # N bool: a face was found (else the whole image was used)
     boxes: np.ndarray  # N x 4 float32 x1, y1, x2, y2 of that face (or the whole image) in the photo's pixels
     failed: list[tuple[str, str]]  # (path, reason) of images that could not be used at all
+    sources: np.ndarray | None = None  # N str: the dataset each face came from (set when loaded, not stored)
 
     def subset(self, index) -> "PreprocessedSet":
         index = np.asarray(index, np.int64)
         return PreprocessedSet(self.crops[index], self.ages[index], self.genders[index], self.subjects[index],
-                               self.paths[index], self.splits[index], self.detected[index], self.boxes[index], [])
+                               self.paths[index], self.splits[index], self.detected[index], self.boxes[index], [],
+                               None if self.sources is None else self.sources[index])
 
     def __len__(self) -> int:
         return len(self.ages)
@@ -52,8 +54,9 @@ ARRAY_FIELDS = ("crops", "ages", "genders", "subjects", "paths", "splits", "dete
 
 
 def concatenate(sets: list[PreprocessedSet]) -> PreprocessedSet:
+    sources = np.concatenate([s.sources for s in sets]) if all(s.sources is not None for s in sets) else None
     return PreprocessedSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in ARRAY_FIELDS),
-                           [f for s in sets for f in s.failed])
+                           [f for s in sets for f in s.failed], sources)
 
 
 def settings(detector: str) -> dict:
@@ -130,7 +133,8 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
     if path.is_file():
         with np.load(path, allow_pickle=False) as data:
             failed = json.loads(str(data["failed"]))
-            return PreprocessedSet(*(data[f] for f in ARRAY_FIELDS), [tuple(f) for f in failed])
+            return PreprocessedSet(*(data[f] for f in ARRAY_FIELDS), [tuple(f) for f in failed],
+                                   np.full(len(data["ages"]), name))
     workers = workers or min(2, os.cpu_count() or 1)
     paths = [r.path for r in records]
     results = []
@@ -154,6 +158,7 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
         detected=np.array([results[i][1] for i in keep], bool),
         boxes=np.array([results[i][2] for i in keep], np.float32).reshape(-1, 4),
         failed=failed,
+        sources=np.full(len(keep), name),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.npz")

@@ -62,6 +62,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         "label gets the rest); faces without a label learn from the teachers alone")
     parser.add_argument("--teacher-precision", default=defaults.teacher_precision, choices=["bfloat16", "float32"],
                         help="with a registered --teacher: precision of its one pass over the training faces")
+    parser.add_argument("--teacher-skip", default="", help="with a registered --teacher: comma-separated datasets "
+                        "whose faces learn from their labels alone (e.g. aaf, where the teacher is worse than the "
+                        "labels)")
     parser.add_argument("--distill-gender-weight", type=float, default=None,
                         help="with --teacher: the teachers' share of the gender loss where a face has a gender "
                         "label (default: --distill-weight)")
@@ -90,6 +93,11 @@ def config_from_args(args):
         if not Path(teacher).is_file():
             raise CommandError(f"--teacher {teacher}: no such weight file, nor a registered teacher "
                                f"({', '.join(TEACHERS)})")
+    from .datasets import DATASETS
+
+    for name in (n.strip() for n in args.teacher_skip.split(",") if n.strip()):
+        if name not in DATASETS:
+            raise CommandError(f"--teacher-skip {name}: not a dataset ({', '.join(DATASETS)})")
     for teacher in registered_teachers(args.teacher):
         try:  # before any preprocessing: nothing is trained on a broken teacher
             fetch_teacher(teacher)
@@ -103,7 +111,7 @@ def config_from_args(args):
                        age_balance=args.age_balance, seed=args.seed, threads=args.threads, device=args.device,
                        init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
                        distill_gender_weight=args.distill_gender_weight,
-                       teacher_precision=args.teacher_precision)
+                       teacher_precision=args.teacher_precision, teacher_skip=args.teacher_skip)
 
 
 def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):

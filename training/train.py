@@ -80,6 +80,9 @@ class TrainConfig:
     # Registered teachers' pass over the training faces: bfloat16 is ~3.7x faster on CPUs with AVX-512 BF16, and
     # ~0.3 years from float32 on average, far below the teachers' own error (docs/results.md).
     teacher_precision: str = "bfloat16"
+    # Comma-separated datasets whose faces learn from their labels alone, where a teacher is worse than the labels
+    # in a way that matters (HSE FaceRes underestimates AAF's Asian faces over 30 by 6-12 years).
+    teacher_skip: str = ""
     threads: int = 0  # CPU threads (0: torch default)
     device: str = "auto"
     amp: bool = True  # on CUDA only
@@ -306,18 +309,24 @@ def registered_teachers(teacher: str) -> list[str]:
 
 
 def cached_teacher_targets(teacher: str, data: PreprocessedSet, precision: str = "bfloat16", threads: int = 0,
-                           progress: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
-    """The registered teachers' mean (age, P(male)) for every face of data (NaN where none could answer), from
-    the photos and the cached face boxes; None when no registered teacher is named."""
+                           progress: bool = True, skip: str = "") -> tuple[np.ndarray, np.ndarray] | None:
+    """The registered teachers' mean (age, P(male)) for every face of data, from the photos and the cached face
+    boxes; NaN where none could answer and for the faces of the datasets named in skip (comma-separated: they
+    learn from their labels alone). None when no registered teacher is named."""
     from .teachers import teacher_targets
 
     names = registered_teachers(teacher)
     if not names:
         return None
-    answers = [teacher_targets(name, data.paths, data.boxes, precision, threads=threads, progress=progress)
-               for name in names]
-    return (np.mean([t.ages for t in answers], 0).astype(np.float32),
-            np.mean([t.p_male for t in answers], 0).astype(np.float32))
+    skipped = [name.strip() for name in skip.split(",") if name.strip()]
+    label_only = np.isin(data.sources, skipped) if skipped and data.sources is not None else np.zeros(len(data), bool)
+    teach = np.flatnonzero(~label_only)
+    answers = [teacher_targets(name, data.paths[teach], data.boxes[teach], precision, threads=threads,
+                               progress=progress) for name in names]
+    ages, p_male = np.full(len(data), np.nan, np.float32), np.full(len(data), np.nan, np.float32)
+    ages[teach] = np.mean([t.ages for t in answers], 0)
+    p_male[teach] = np.mean([t.p_male for t in answers], 0)
+    return ages, p_male
 
 
 def load_teachers(teacher: str, device: torch.device) -> list[AgeGenderModel]:
@@ -548,7 +557,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     genders = torch.from_numpy(train_set.genders.astype(np.int64)).to(device)
     teachers = load_teachers(config.teacher, device) if config.teacher else []
     cached = cached_teacher_targets(config.teacher, train_set, config.teacher_precision, config.threads,
-                                    progress and rank == 0)
+                                    progress and rank == 0, skip=config.teacher_skip)
     if cached is not None:
         cached = tuple(torch.from_numpy(t).to(device) for t in cached)
     # Faces without an age label (CelebA) are binned by the teachers' age when balancing ages.
