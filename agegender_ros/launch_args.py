@@ -74,14 +74,16 @@ NODE_PARAMETERS = (
               "to this; BlazeFace uses its short-range model up to 128, its full-range model above; Haar ignores "
               "it.", "int", low=64, high=1920, constraints="a multiple of 32"),
     ParamSpec("score_threshold", 0.5, "Minimum face detection score.", "float", low=0.0, high=1.0, live=True),
-    ParamSpec("max_faces", 32, "At most this many faces per image (the most confident).", "int", low=1, high=256, live=True),
+    ParamSpec("max_faces", 32, "At most this many faces per image (the most confident).", "int", low=1, high=256,
+              live=True),
     ParamSpec("min_face_size", 0, "Ignore faces whose box is smaller than this (pixels, shorter side).", "int",
               low=0, high=4096, live=True),
     ParamSpec("flip_tta", False, "Also run each face mirrored and average the two (test-time augmentation): "
               "slightly more accurate, more network time per face.", "bool", live=True),
     ParamSpec("num_threads", 2, "CPU threads for the detector and the network (0 = the runtime's default).",
               "int", low=0, high=64),
-    ParamSpec("tracking", True, "Track faces across frames (stable track_id) and smooth age and gender.", "bool", live=True),
+    ParamSpec("tracking", True, "Track faces across frames (stable track_id) and smooth age and gender.", "bool",
+              live=True),
     ParamSpec("smoothing", 0.6, "Weight of the past in the exponential smoothing of age and gender "
               "(0 = per-frame values).", "float", low=0.0, high=0.99, live=True),
     ParamSpec("track_max_missed", 5, "A track is dropped after this many consecutive frames without its face.",
@@ -441,7 +443,8 @@ ROS2_LAUNCH_OWN_ARGUMENTS = ("launch-prefix", "launch-prefix-filter")
 
 def command_line_arguments(argv, launch_file: str = "nano.launch.py") -> list[str] | None:
     """The `name:=value` names given to `ros2 launch ... nano.launch.py` (argv: sys.argv of `ros2 launch`) when
-    this launch file is the one on the command line; None when it is included from another launch file (whose arguments are not ours to judge)."""
+    this launch file is the one on the command line; None when it is included from another launch file (whose
+    arguments are not ours to judge)."""
     argv = list(argv or [])
     positional = [a for a in argv if ":=" not in a]
     if not any(os.path.basename(a) == launch_file for a in positional):

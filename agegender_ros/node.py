@@ -1024,8 +1024,9 @@ def exit_with_parent(poll_s: float = 0.5) -> bool:
     node went on running under PID 1. A daemon thread polls the parent PID: portable (Linux, macOS; Foxy to
     Jazzy) and, unlike prctl(PR_SET_PDEATHSIG), not fooled by the launching *thread* ending while its process
     lives on. It shuts rclpy down itself rather than signalling: a process started in the background of a
-    script runs with SIGINT ignored. Should the clean exit hang, the process ends 10 s later. Not started when the node was already orphaned or daemonised at start (parent PID 1), or when
-    AGEGENDER_EXIT_WITH_PARENT=0. Returns whether the watch runs.
+    script runs with SIGINT ignored. Should the clean exit hang, the process ends 10 s later. Not started when
+    the node was already orphaned or daemonised at start (parent PID 1), or when AGEGENDER_EXIT_WITH_PARENT=0.
+    Returns whether the watch runs.
     """
     parent = os.getppid()
     if parent <= 1 or os.environ.get("AGEGENDER_EXIT_WITH_PARENT", "1").strip() == "0":

@@ -535,9 +535,9 @@ def test_ros_shell_exports_the_shared_memory_profile(environ, expected):
         pytest.skip(f"{venv}/ros_env.sh missing (scripts/ros_setup.sh)")
     env = {k: v for k, v in os.environ.items() if k not in ("RMW_IMPLEMENTATION",) + BOTH_VARIABLES}
     env.update(environ, AGEGENDER_VENV=str(venv))
-    result = subprocess.run(["bash", "-c", "source scripts/ros_shell.sh 2>/dev/null; echo \"$FASTRTPS_DEFAULT_PROFILES_FILE|"
-                             "$FASTDDS_DEFAULT_PROFILES_FILE\""], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=60)
+    script = ('source scripts/ros_shell.sh 2>/dev/null; '
+              'echo "$FASTRTPS_DEFAULT_PROFILES_FILE|$FASTDDS_DEFAULT_PROFILES_FILE"')
+    result = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     fastrtps, fastdds = result.stdout.strip().split("|")
     if expected == "profile":
         assert fastrtps == fastdds and fastrtps.endswith("/config/fastdds_large_shm.xml"), result.stdout

@@ -77,7 +77,8 @@ def test_netns_run_passes_sigterm_on():
     _need_unshare()
     env = dict(os.environ)
     env.pop("AGEGENDER_NETNS", None)
-    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); print('up', flush=True); time.sleep(60)"
+    code = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); "
+            "print('up', flush=True); time.sleep(60)")
     proc = subprocess.Popen([NETNS_RUN, sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "up"
