@@ -63,6 +63,7 @@ weights: $(STAMP)
 	  --init-weights runs/default-stage2/model.pt --resume --out runs/default
 	cp runs/default/model.pt agegender_ros/weights/paper_aaf_utk.pt
 	cp runs/default/model.json agegender_ros/weights/paper_aaf_utk.json
+	$(MAKE) weights-onnx
 
 bench: $(STAMP)
 	$(VENV)/bin/agegender bench --json
