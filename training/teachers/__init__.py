@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from agegender_ros import faces
-from agegender_ros.backends import cache_dir
+from agegender_ros.backend_common import cache_dir
 
 from .tfjs_graph import GraphFormatError, TfjsGraph
 
@@ -248,8 +249,8 @@ def _read_store(folder: Path) -> dict[str, tuple]:
             with np.load(chunk) as data:
                 for row in zip(data["keys"], data["ages"], data["p_male"], data["age_probs"], data["failed"]):
                     known[str(row[0])] = row[1:]
-        except (OSError, ValueError, KeyError) as error:  # a chunk cut off by a kill: its faces are redone
-            print(f"warning: {chunk}: unreadable teacher answers ({error}); recomputing them")
+        except (OSError, ValueError, KeyError) as error:  # damaged on disk (chunks are written atomically)
+            print(f"warning: {chunk}: unreadable teacher answers ({error}); recomputing them", file=sys.stderr)
             chunk.unlink()
     return known
 
