@@ -185,3 +185,19 @@ def test_teacher_skip_leaves_a_datasets_faces_to_their_labels(monkeypatch):
     assert np.isnan(ages[:2]).all() and np.isnan(p_male[:2]).all()
     assert ages[2:].tolist() == [40.0] * 3 and asked == [f"utkface/{i}.jpg" for i in range(3)]
     assert cached_teacher_targets("some/weights.pt", data) is None  # no registered teacher named
+
+
+def test_evaluate_scores_a_teacher_on_a_labelled_folder(teacher_files, tmp_path):
+    faces = sorted(REFERENCE_DIR.glob("face_*.png"))[:6]
+    for i, face in enumerate(faces):  # UTKFace names: AGE_GENDER_RACE_DATETIME
+        cv2.imwrite(str(tmp_path / f"{30 + i}_{i % 2}_0_2017010100000000{i}.jpg.chip.jpg"),
+                    cv2.resize(cv2.imread(str(face)), (128, 128)))
+    result = agegender("evaluate", "--root", tmp_path, "--teacher", "hse-faceres-deep", "--json")
+    assert result.returncode == 0, result.stderr
+    scored = json.loads(result.stdout)
+    assert scored["n"] == 6 and scored["dataset"] == "utkface" and 0 < scored["mae"] < 60
+    assert scored["model"] == "teacher hse-faceres-deep (expected age, float32)"
+    both = agegender("evaluate", "--root", tmp_path, "--teacher", "hse-faceres-deep", "--flip-tta", "--json")
+    assert both.returncode == 2 and "--weights and --flip-tta are for our models" in both.stderr
+    unknown = agegender("evaluate", "--root", tmp_path, "--teacher", "dex", "--json")
+    assert unknown.returncode == 2 and "unknown teacher 'dex'" in unknown.stderr

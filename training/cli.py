@@ -77,6 +77,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
+    from .datasets import DATASETS
+    from .teachers import TEACHERS, TeacherError, fetch_teacher
     from .train import TrainConfig, registered_teachers, teacher_paths
 
     try:
@@ -87,14 +89,10 @@ def config_from_args(args):
                           ("--distill-gender-weight", args.distill_gender_weight)):
         if share is not None and not 0.0 <= share <= 1.0:
             raise CommandError(f"{option}: expected a share between 0 and 1, got {share}")
-    from .teachers import TEACHERS, TeacherError, fetch_teacher
-
     for teacher in teacher_paths(args.teacher):
         if not Path(teacher).is_file():
             raise CommandError(f"--teacher {teacher}: no such weight file, nor a registered teacher "
                                f"({', '.join(TEACHERS)})")
-    from .datasets import DATASETS
-
     for name in (n.strip() for n in args.teacher_skip.split(",") if n.strip()):
         if name not in DATASETS:
             raise CommandError(f"--teacher-skip {name}: not a dataset ({', '.join(DATASETS)})")
