@@ -693,7 +693,7 @@ class AgeGenderNode(_NodeBase):
             from agegender_ros.weights import WeightsError, default_weights_path
         except ImportError as error:
             raise StartupError(f"cannot import the estimator ({error}); is the package installed "
-                               "with its dependencies (numpy, opencv, torch, onnxruntime)?") from error
+                               "with its dependencies (`pip install .`: numpy, opencv, onnxruntime)?") from error
         reasons = []
         detector = None
         for name in (AUTO_ORDER if p["detector"] == "auto" else (p["detector"],)):
