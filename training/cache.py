@@ -3,7 +3,8 @@
 Crops are stored with extra context (`CONTEXT` x the inference crop) so augmentation can shift, scale and rotate
 without borders; the unaugmented centre of a stored crop is what `align_crop` gives at inference. One `.npz` per
 (dataset root, record list, settings): uint8 crops, labels, subject ids, whether a face was found, the face box in
-the photo (distillation teachers crop their own, larger inputs from it), and the files that failed and why. A change of any setting gives a new key, so stale caches are never reused.
+the photo (distillation teachers crop their own, larger inputs from it), and the files that failed and why. A
+change of any setting gives a new key, so stale caches are never reused.
 """
 from __future__ import annotations
 
