@@ -128,19 +128,12 @@ def _trained_set(workdir: Path, models: str | None) -> list[str]:
     return names
 
 
-def _face_boxes(paths, detected, indices, detector_name: str, threads: int = 0, progress: bool = True):
-    """{index: [x1, y1, x2, y2] or None} for the given images: the face the preprocessing cache cropped (same
-    detector, padding and choice of the main face), for the review page to outline; None where the cache found
-    no face (the whole image was judged). None overall when the detector cannot be made (no boxes are stored)."""
+def _face_boxes(paths, detected, stored_boxes, indices, progress: bool = True):
+    """{index: [x1, y1, x2, y2] or None} for the given images: the face box the preprocessing cache stored for the
+    crop it made (clipped to the photo), for the review page to outline; None where the cache found no face (the
+    whole image was judged) or the photo can no longer be read."""
     from agegender_ros import faces
-    from training.cache import detect_main_face
 
-    try:
-        detector = faces.create_detector(detector_name, **({"threads": threads} if threads and detector_name in
-                                                             ("scrfd", "blazeface") else {}))
-    except (faces.DetectorUnavailable, ValueError) as error:
-        print(f"warning: no face boxes for the review page ({error})", file=sys.stderr)
-        return None
     indices = [int(i) for i in indices]
     if progress:
         from tqdm import tqdm
@@ -152,14 +145,11 @@ def _face_boxes(paths, detected, indices, detector_name: str, threads: int = 0, 
         if not detected[i]:
             continue
         try:
-            image = faces.read_image(paths[i])
+            h, w = faces.read_image(paths[i]).shape[:2]
         except faces.ImageReadError:
             continue
-        face = detect_main_face(image, detector)
-        if face is not None:
-            h, w = image.shape[:2]
-            x1, y1, x2, y2 = (float(v) for v in face.box)
-            boxes[i] = [max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)]
+        x1, y1, x2, y2 = (float(v) for v in stored_boxes[i])
+        boxes[i] = [max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)]
     return boxes
 
 
@@ -190,7 +180,7 @@ def cmd_label(args) -> int:
                       for name, model in zip(names, models)], 1)
     image_names = [Path(p).name for p in data.paths]
     queued = np.flatnonzero(consensus.queue_mask(probs, args.min_confidence))
-    boxes = _face_boxes(data.paths, data.detected, queued, args.detector, args.threads, not args.no_progress)
+    boxes = _face_boxes(data.paths, data.detected, data.boxes, queued, not args.no_progress)
     summary = consensus.write_labels(workdir, names, data.splits, image_names, data.paths, probs,
                                      min_confidence=args.min_confidence, root=args.root, failed=data.failed,
                                      boxes=boxes)
