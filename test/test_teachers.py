@@ -143,6 +143,12 @@ def test_one_epoch_distillation_through_the_cli_with_cached_teacher_answers(teac
     assert typo.returncode == 2 and "no such weight file, nor a registered teacher" in typo.stderr
     skip_typo = agegender(*common, "--teacher-skip", "afa", "--out", tmp_path / "skip")
     assert skip_typo.returncode == 2 and "--teacher-skip afa: not a dataset" in skip_typo.stderr
+    # CelebA has no ages and no other dataset is named: nothing to fit its teacher-age map on.
+    unfit = agegender(*common, "--teacher-calibration", "quantile", "--out", tmp_path / "unfit")
+    assert unfit.returncode == 2 and "teacher calibration for celeba_gender's faces" in unfit.stderr
+    assert "at least 200 faces" in unfit.stderr and not (tmp_path / "unfit" / "checkpoint.pt").exists()
+    alone = agegender(*common[:-2], "--teacher-calibration", "median", "--out", tmp_path / "alone")
+    assert alone.returncode == 2 and "--teacher-calibration maps a registered teacher's ages" in alone.stderr
 
 
 def test_faces_remember_their_dataset_through_splits_and_concatenation():
@@ -185,6 +191,62 @@ def test_teacher_skip_leaves_a_datasets_faces_to_their_labels(monkeypatch):
     assert np.isnan(ages[:2]).all() and np.isnan(p_male[:2]).all()
     assert ages[2:].tolist() == [40.0] * 3 and asked == [f"utkface/{i}.jpg" for i in range(3)]
     assert cached_teacher_targets("some/weights.pt", data) is None  # no registered teacher named
+
+
+@pytest.mark.parametrize("method", ["quantile", "median"])
+def test_calibration_maps_a_biased_teacher_onto_the_labels_scale(method):
+    """A teacher that sees people past 30 ever younger (as HSE FaceRes sees AAF's faces): the monotone map fitted on
+    one half of the faces removes that bias on the other half, keeps the teacher's order of faces, and sends
+    missing answers to NaN."""
+    from training.teachers.calibration import fit_calibration
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(1, 80, 4000)
+    teacher = np.where(true < 30, true, 30 + 0.6 * (true - 30)) + rng.normal(0, 3, len(true))
+    calibration = fit_calibration(teacher[:2000], true[:2000], method)
+    mapped = calibration(teacher[2000:])
+    old = true[2000:] > 50
+    assert np.mean(teacher[2000:][old] - true[2000:][old]) < -8  # the raw teacher, far too young
+    assert abs(np.mean(mapped[old] - true[2000:][old])) < 2.5
+    assert np.abs(mapped - true[2000:]).mean() < 0.75 * np.abs(teacher[2000:] - true[2000:]).mean()
+    grid = np.linspace(-10, 120, 500)
+    assert np.all(np.diff(calibration(grid)) >= 0)  # monotone, and flat beyond the fitted range
+    assert np.isnan(calibration(np.array([np.nan, 40.0]))[0])
+    assert calibration.faces == 2000 and json.loads(json.dumps(calibration.to_json()))["method"] == method
+    with pytest.raises(ValueError, match="at least 200 faces"):
+        fit_calibration(teacher[:100], true[:100], method)
+    with pytest.raises(ValueError, match="expected one of quantile, median"):
+        fit_calibration(teacher, true, "isotonic")
+
+
+def test_each_dataset_gets_its_own_teacher_age_map_and_unlabelled_ones_the_reference():
+    """AAF's faces get the map fitted on AAF's labels, UTKFace's on UTKFace's, CelebA's (no ages) the reference
+    dataset's; a skipped dataset (no teacher ages) gets none."""
+    from training.cache import PreprocessedSet, concatenate
+    from training.train import apply_age_calibrations, teacher_age_calibrations
+
+    rng = np.random.default_rng(1)
+
+    def dataset(name, n, ages):
+        return PreprocessedSet(np.zeros((n, 1, 1, 3), np.uint8), ages.astype(np.float32), np.ones(n, np.int8),
+                               np.array(["s"] * n), np.array([f"{name}/{i}.jpg" for i in range(n)]),
+                               np.array([""] * n), np.ones(n, bool), np.zeros((n, 4), np.float32), [],
+                               np.full(n, name))
+
+    aaf, utk = rng.uniform(10, 70, 600), rng.uniform(10, 70, 600)
+    data = concatenate([dataset("aaf", 600, aaf), dataset("utkface", 600, utk),
+                        dataset("celeba_gender", 300, np.full(300, np.nan)), dataset("fgnet", 300, aaf[:300])])
+    teacher_ages = np.concatenate([aaf - 10, utk + 5, rng.uniform(10, 70, 300), np.full(300, np.nan)])
+    maps = teacher_age_calibrations(teacher_ages, data, "quantile", reference="utkface")
+    assert sorted(maps) == ["aaf", "celeba_gender", "utkface"]  # fgnet: skipped, no teacher ages
+    assert maps["aaf"].fitted_on == "aaf" and maps["celeba_gender"].fitted_on == "utkface"
+    calibrated = apply_age_calibrations(teacher_ages, data, maps)
+    assert np.abs(calibrated[:600] - aaf).mean() < 1 and np.abs(calibrated[600:1200] - utk).mean() < 1
+    celeba = teacher_ages[1200:1500]
+    assert np.allclose(calibrated[1200:1500], maps["utkface"](celeba)) and np.mean(calibrated[1200:1500] - celeba) < -3
+    assert np.isnan(calibrated[1500:]).all()
+    pooled = teacher_age_calibrations(teacher_ages, data, "median")["celeba_gender"]
+    assert pooled.fitted_on == "all labelled datasets" and pooled.faces == 1200
 
 
 def test_evaluate_scores_a_teacher_on_a_labelled_folder(teacher_files, tmp_path):

@@ -65,6 +65,13 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-skip", default="", help="with a registered --teacher: comma-separated datasets "
                         "whose faces learn from their labels alone (e.g. aaf, where the teacher is worse than the "
                         "labels)")
+    parser.add_argument("--teacher-calibration", default="", choices=["", "quantile", "median"],
+                        help="with a registered --teacher: map its ages onto the labels' scale first, with a "
+                        "monotone map fitted per training dataset on its labelled faces (quantile: match the "
+                        "age distribution; median: median true age per teacher age)")
+    parser.add_argument("--teacher-calibration-reference", default="", help="with --teacher-calibration: "
+                        "comma-separated datasets whose map the faces without age labels (CelebA) get (default: "
+                        "one map over all labelled training faces)")
     parser.add_argument("--distill-gender-weight", type=float, default=None,
                         help="with --teacher: the teachers' share of the gender loss where a face has a gender "
                         "label (default: --distill-weight)")
@@ -93,9 +100,14 @@ def config_from_args(args):
         if not Path(teacher).is_file():
             raise CommandError(f"--teacher {teacher}: no such weight file, nor a registered teacher "
                                f"({', '.join(TEACHERS)})")
-    for name in (n.strip() for n in args.teacher_skip.split(",") if n.strip()):
-        if name not in DATASETS:
-            raise CommandError(f"--teacher-skip {name}: not a dataset ({', '.join(DATASETS)})")
+    for option, names in (("--teacher-skip", args.teacher_skip),
+                          ("--teacher-calibration-reference", args.teacher_calibration_reference)):
+        for name in (n.strip() for n in names.split(",") if n.strip()):
+            if name not in DATASETS:
+                raise CommandError(f"{option} {name}: not a dataset ({', '.join(DATASETS)})")
+    if args.teacher_calibration and not registered_teachers(args.teacher):
+        raise CommandError("--teacher-calibration maps a registered teacher's ages: name one with --teacher "
+                           f"({', '.join(TEACHERS)})")
     for teacher in registered_teachers(args.teacher):
         try:  # before any preprocessing: nothing is trained on a broken teacher
             fetch_teacher(teacher)
@@ -109,7 +121,9 @@ def config_from_args(args):
                        age_balance=args.age_balance, seed=args.seed, threads=args.threads, device=args.device,
                        init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
                        distill_gender_weight=args.distill_gender_weight,
-                       teacher_precision=args.teacher_precision, teacher_skip=args.teacher_skip)
+                       teacher_precision=args.teacher_precision, teacher_skip=args.teacher_skip,
+                       teacher_calibration=args.teacher_calibration,
+                       teacher_calibration_reference=args.teacher_calibration_reference)
 
 
 def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):
@@ -188,7 +202,8 @@ def cmd_train(args) -> int:
             "recipe": recipe(config)}
     if teachers:
         card["teachers"] = [{"name": t.name, "package": t.package, "files": t.model_json, "licence": t.licence,
-                             "trained_on": t.saw, "precision_of_its_pass": config.teacher_precision}
+                             "trained_on": t.saw, "precision_of_its_pass": config.teacher_precision,
+                             "age_calibration": config.teacher_calibration or "none"}
                             for t in teachers]
     from agegender_ros.weights import WeightsError, load_model, update_card
 

@@ -83,6 +83,12 @@ class TrainConfig:
     # Comma-separated datasets whose faces learn from their labels alone, where a teacher is worse than the labels
     # in a way that matters (HSE FaceRes underestimates AAF's Asian faces over 30 by 6-12 years).
     teacher_skip: str = ""
+    # Map each registered teacher's ages onto our labels' scale before distilling (training/teachers/calibration.py:
+    # "quantile" or "median", "" = raw ages). Fitted per training dataset on its labelled faces; faces of datasets
+    # without age labels (CelebA) use the map of teacher_calibration_reference (comma-separated datasets, default:
+    # every labelled training face). HSE FaceRes's raw ages are 3-11 years too young on AAF past 20.
+    teacher_calibration: str = ""
+    teacher_calibration_reference: str = ""
     threads: int = 0  # CPU threads (0: torch default)
     device: str = "auto"
     amp: bool = True  # on CUDA only
@@ -329,6 +335,43 @@ def cached_teacher_targets(teacher: str, data: PreprocessedSet, precision: str =
     return ages, p_male
 
 
+def teacher_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, method: str,
+                             reference: str = "") -> dict:
+    """{dataset: AgeCalibration} for every dataset in data: its own map where it has enough faces with both an
+    age label and a teacher age, else the map fitted on the reference datasets' faces (comma-separated; default:
+    all such faces)."""
+    from .teachers.calibration import MIN_FACES, fit_calibration
+
+    sources = data.sources if data.sources is not None else np.full(len(data), "data")
+    both = np.isfinite(teacher_ages) & np.isfinite(data.ages)
+    references = [name.strip() for name in reference.split(",") if name.strip()]
+    pool = both & np.isin(sources, references) if references else both
+    maps = {}
+    for name in dict.fromkeys(sources.tolist()):
+        if not np.isfinite(teacher_ages[sources == name]).any():  # skipped (--teacher-skip): nothing to map
+            continue
+        own = both & (sources == name)
+        chosen = own if own.sum() >= MIN_FACES else pool
+        try:
+            maps[name] = fit_calibration(teacher_ages[chosen], data.ages[chosen], method)
+        except ValueError as error:
+            raise ValueError(f"teacher calibration for {name}'s faces: {error} (reference: "
+                             f"{', '.join(references) or 'all labelled training faces'})") from error
+        maps[name].fitted_on = name if chosen is own else (",".join(references) or "all labelled datasets")
+        log.info("teacher calibration for %s (%s map fitted on %s, %d faces)", name, method, maps[name].fitted_on,
+                 maps[name].faces)
+    return maps
+
+
+def apply_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, maps: dict) -> np.ndarray:
+    sources = data.sources if data.sources is not None else np.full(len(data), "data")
+    calibrated = np.array(teacher_ages, np.float32, copy=True)
+    for name, calibration in maps.items():
+        chosen = sources == name
+        calibrated[chosen] = calibration(teacher_ages[chosen])
+    return calibrated
+
+
 def load_teachers(teacher: str, device: torch.device) -> list[AgeGenderModel]:
     """The weight-file teachers named in TrainConfig.teacher, in eval mode, frozen."""
     teachers = []
@@ -558,6 +601,13 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     teachers = load_teachers(config.teacher, device) if config.teacher else []
     cached = cached_teacher_targets(config.teacher, train_set, config.teacher_precision, config.threads,
                                     progress and rank == 0, skip=config.teacher_skip)
+    if cached is not None and config.teacher_calibration:
+        calibrations = teacher_age_calibrations(cached[0], train_set, config.teacher_calibration,
+                                                config.teacher_calibration_reference)
+        cached = (apply_age_calibrations(cached[0], train_set, calibrations), cached[1])
+        if rank == 0:
+            (run_dir / "teacher_calibration.json").write_text(json.dumps(
+                {name: c.to_json() for name, c in calibrations.items()}, indent=1) + "\n")
     if cached is not None:
         cached = tuple(torch.from_numpy(t).to(device) for t in cached)
     # Faces without an age label (CelebA) are binned by the teachers' age when balancing ages.
