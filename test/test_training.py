@@ -370,6 +370,26 @@ def test_distillation_mixes_label_and_teacher_targets():
     assert parts["final_age"] == pytest.approx(0.5 * 0.5 + 0.5 * 0.5)
 
 
+def test_target_mixing_learns_the_mixed_age_where_the_loss_mix_is_flat():
+    """A student halfway between label and teacher: the loss mix (a = 0.5) costs the same there as anywhere between
+    them, the target mix is exactly right there; faces with one age learn it either way."""
+    ages, genders = torch.tensor([30.0, 40.0, float("nan")]), torch.tensor([1, 0, 1])
+    teacher = (torch.tensor([20.0, 50.0, 35.0]), torch.tensor([1.0, 0.0, 1.0]))
+
+    def age_loss(predicted, mix):
+        config = TrainConfig(loss_weights={"final": 1.0}, age_loss_scale=0.1, distill_weight=0.5,
+                             distill_age_mix=mix)
+        outputs = {"final_age": torch.tensor(predicted), "final_gender": torch.tensor([0.0, 0.0, 0.0])}
+        return multitask_loss(outputs, ages, genders, config, teacher)[1]["final_age"]
+
+    assert age_loss([25.0, 45.0, 35.0], "loss") == pytest.approx(age_loss([29.0, 41.0, 35.0], "loss"))
+    assert age_loss([25.0, 45.0, 35.0], "loss") == pytest.approx((0.5 + 0.5 + 0) / 3)
+    assert age_loss([25.0, 45.0, 35.0], "target") == pytest.approx(0.0)
+    assert age_loss([29.0, 41.0, 45.0], "target") == pytest.approx((0.4 + 0.4 + 1.0) / 3)
+    with pytest.raises(ValueError, match="distill_age_mix 'average'"):
+        age_loss([25.0, 45.0, 35.0], "average")
+
+
 def test_distilled_training_runs_from_the_cli(tmp_path, morph_folder, random_weights):
     common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "1", "--batch-size", "8",
               "--threads", "1", "--no-progress"]

@@ -72,6 +72,10 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-calibration-reference", default="", help="with --teacher-calibration: "
                         "comma-separated datasets whose map the faces without age labels (CelebA) get (default: "
                         "one map over all labelled training faces)")
+    parser.add_argument("--distill-age-mix", default=defaults.distill_age_mix, choices=["loss", "target"],
+                        help="with --teacher, where a face has an age label and a teacher age: mix the two L1 "
+                        "losses (loss) or learn the mixed age (target; the loss mix is flat between label and "
+                        "teacher at --distill-weight 0.5)")
     parser.add_argument("--distill-gender-weight", type=float, default=None,
                         help="with --teacher: the teachers' share of the gender loss where a face has a gender "
                         "label (default: --distill-weight)")
@@ -122,7 +126,7 @@ def config_from_args(args):
                        init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
                        distill_gender_weight=args.distill_gender_weight,
                        teacher_precision=args.teacher_precision, teacher_skip=args.teacher_skip,
-                       teacher_calibration=args.teacher_calibration,
+                       teacher_calibration=args.teacher_calibration, distill_age_mix=args.distill_age_mix,
                        teacher_calibration_reference=args.teacher_calibration_reference)
 
 

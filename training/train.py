@@ -77,6 +77,11 @@ class TrainConfig:
     # The teachers' share of the gender loss where a face has a gender label (default: distill_weight). Real
     # labels beat a teacher's gender where they exist; the teachers still label the faces that have none.
     distill_gender_weight: float | None = None
+    # How a face's age label and teacher age are mixed. "loss": (1 - a) x L1 to the label + a x L1 to the teacher
+    # (the earlier runs). That sum is flat anywhere between label and teacher at a = 0.5, so a student already
+    # between them learns nothing from the teacher. "target": L1 to (1 - a) x label + a x teacher, which is what
+    # mixing means for the gender BCE (linear in its target) and in Hinton et al.'s cross-entropy distillation.
+    distill_age_mix: str = "loss"
     # Registered teachers' pass over the training faces: bfloat16 is ~3.7x faster on CPUs with AVX-512 BF16, and
     # ~0.3 years from float32 on average, far below the teachers' own error (docs/results.md).
     teacher_precision: str = "bfloat16"
@@ -247,7 +252,8 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     (age, P(male)) per face (NaN where a teacher has no answer): where a face has both a label and a teacher
     target, its loss is (1 - a) x (loss to the label) + a x (loss to the teacher), a = config.distill_weight; where
     it has only the teacher's, the teacher's alone (CelebA's ages, its unlabelled faces' gender). The gender term
-    uses config.distill_gender_weight where set."""
+    uses config.distill_gender_weight where set. With config.distill_age_mix = "target", a face with both ages
+    learns the mixed age (1 - a) x label + a x teacher instead."""
     a = config.distill_weight if teacher is not None else 0.0
     a_gender = a if config.distill_gender_weight is None or teacher is None else config.distill_gender_weight
     has_age, known = torch.isfinite(ages), genders >= 0
@@ -257,6 +263,12 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
         teacher_age, teacher_p = torch.nan_to_num(teacher[0]), torch.nan_to_num(teacher[1]).clamp(0, 1)
         age_weights = (torch.where(has_age, torch.where(has_teacher_age, 1 - a, 1.0), 0.0),
                        torch.where(has_teacher_age, torch.where(has_age, a, 1.0), 0.0))
+        if config.distill_age_mix == "target":  # one target per face: the mix where both exist, else either
+            age_label = torch.where(has_age & has_teacher_age, (1 - a) * age_label + a * teacher_age,
+                                    torch.where(has_age, age_label, teacher_age))
+            age_weights = ((has_age | has_teacher_age).float(), torch.zeros_like(age_weights[1]))
+        elif config.distill_age_mix != "loss":
+            raise ValueError(f"distill_age_mix {config.distill_age_mix!r}: expected 'loss' or 'target'")
         gender_weights = (torch.where(known, torch.where(has_teacher_p, 1 - a_gender, 1.0), 0.0),
                           torch.where(has_teacher_p, torch.where(known, a_gender, 1.0), 0.0))
     else:
