@@ -488,3 +488,5 @@ def test_metrics_leave_unknown_ages_out():
     metrics = age_gender_metrics([20.0, float("nan")], [22.0, 50.0], [1, 0], [0.9, 0.2])
     assert metrics["mae"] == pytest.approx(2.0) and metrics["age_n"] == 1 and metrics["n"] == 2
     assert metrics["gender_acc"] == 1.0 and list(metrics["mae_by_decade"]) == ["20-29"]
+    ageless = age_gender_metrics([float("nan")] * 2, [30.0, 40.0], [1, 0], [0.9, 0.2])  # CelebA: genders only
+    assert ageless["mae"] is None and ageless["ca3"] is None and json.dumps(ageless, allow_nan=False)

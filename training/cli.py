@@ -275,9 +275,6 @@ def cmd_evaluate(args) -> int:
            else str(args.weights or "default weights"),
            "faces": f"held-out side of {args.protocol} fold {args.fold}" if args.protocol else "all",
            "by_decade": metrics["mae_by_decade"]}
-    for key in ("mae", "ca3", "ca5"):  # no ages (CelebA): null, not NaN, which is not JSON
-        if out[key] is not None and not np.isfinite(out[key]):
-            out[key] = None
     if args.json:
         print(json.dumps(out))
         return 0

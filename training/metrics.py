@@ -22,13 +22,14 @@ def age_gender_metrics(age_true, age_pred, gender_true, p_male, ca_years=(3, 5))
     metrics = {
         "n": int(n),
         "age_n": int(aged.sum()),
-        "mae": float(errors.mean()) if len(errors) else float("nan"),
+        # None, like gender_acc without genders, where no face has an age (CelebA): NaN is not JSON
+        "mae": float(errors.mean()) if len(errors) else None,
         "gender_acc": float(np.mean((p_male[known] >= 0.5) == (gender_true[known] == 1))) if known.any()
         else None,
         "gender_n": int(known.sum()),
     }
     for n in ca_years:
-        metrics[f"ca{n}"] = cumulative_accuracy(age_true, age_pred, n)
+        metrics[f"ca{n}"] = cumulative_accuracy(age_true, age_pred, n) if len(errors) else None
     metrics["mae_by_decade"] = mae_by_decade(age_true, age_pred)
     return metrics
 
