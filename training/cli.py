@@ -30,7 +30,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     from agegender_ros.model import available_models
 
     from .protocols import PROTOCOLS
-    from .train import TrainConfig
+    from .teachers.calibration import METHODS as CALIBRATIONS
+    from .train import AGE_MIXES, TrainConfig
 
     defaults = TrainConfig()
     parser.add_argument("--protocol", choices=PROTOCOLS, help="default: the dataset's usual protocol")
@@ -65,14 +66,14 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-skip", default="", help="with a registered --teacher: comma-separated datasets "
                         "whose faces learn from their labels alone (e.g. aaf, where the teacher is worse than the "
                         "labels)")
-    parser.add_argument("--teacher-calibration", default="", choices=["", "quantile", "median"],
+    parser.add_argument("--teacher-calibration", default="", choices=["", *CALIBRATIONS],
                         help="with a registered --teacher: map its ages onto the labels' scale first, with a "
                         "monotone map fitted per training dataset on its labelled faces (quantile: match the "
                         "age distribution; median: median true age per teacher age)")
     parser.add_argument("--teacher-calibration-reference", default="", help="with --teacher-calibration: "
                         "comma-separated datasets whose map the faces without age labels (CelebA) get (default: "
                         "one map over all labelled training faces)")
-    parser.add_argument("--distill-age-mix", default=defaults.distill_age_mix, choices=["loss", "target"],
+    parser.add_argument("--distill-age-mix", default=defaults.distill_age_mix, choices=AGE_MIXES,
                         help="with --teacher, where a face has an age label and a teacher age: mix the two L1 "
                         "losses (loss) or learn the mixed age (target; the loss mix is flat between label and "
                         "teacher at --distill-weight 0.5)")
@@ -90,7 +91,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args):
     from .datasets import DATASETS
     from .teachers import TEACHERS, TeacherError, fetch_teacher
-    from .train import TrainConfig, registered_teachers, teacher_paths
+    from .train import TrainConfig, comma_list, registered_teachers, teacher_paths
 
     try:
         weights = {k: float(v) for k, v in (item.split("=") for item in args.loss_weights.split(",") if item)}
@@ -106,7 +107,7 @@ def config_from_args(args):
                                f"({', '.join(TEACHERS)})")
     for option, names in (("--teacher-skip", args.teacher_skip),
                           ("--teacher-calibration-reference", args.teacher_calibration_reference)):
-        for name in (n.strip() for n in names.split(",") if n.strip()):
+        for name in comma_list(names):
             if name not in DATASETS:
                 raise CommandError(f"{option} {name}: not a dataset ({', '.join(DATASETS)})")
     if args.teacher_calibration and not registered_teachers(args.teacher):

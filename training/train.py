@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # The paper: small weights for the two virtual outputs, larger for the low-level pair, largest for the final pair.
 DEFAULT_LOSS_WEIGHTS = {"final": 1.0, "low": 0.5, "virtual": 0.25}
+# How a face's age label and its teacher age combine (TrainConfig.distill_age_mix).
+AGE_MIXES = ("loss", "target")
 
 
 @dataclass
@@ -261,14 +263,15 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     if teacher is not None:
         has_teacher_age, has_teacher_p = torch.isfinite(teacher[0]), torch.isfinite(teacher[1])
         teacher_age, teacher_p = torch.nan_to_num(teacher[0]), torch.nan_to_num(teacher[1]).clamp(0, 1)
-        age_weights = (torch.where(has_age, torch.where(has_teacher_age, 1 - a, 1.0), 0.0),
-                       torch.where(has_teacher_age, torch.where(has_age, a, 1.0), 0.0))
-        if config.distill_age_mix == "target":  # one target per face: the mix where both exist, else either
+        if config.distill_age_mix == "loss":
+            age_weights = (torch.where(has_age, torch.where(has_teacher_age, 1 - a, 1.0), 0.0),
+                           torch.where(has_teacher_age, torch.where(has_age, a, 1.0), 0.0))
+        elif config.distill_age_mix == "target":  # one target per face: the mix where both exist, else either
             age_label = torch.where(has_age & has_teacher_age, (1 - a) * age_label + a * teacher_age,
                                     torch.where(has_age, age_label, teacher_age))
-            age_weights = ((has_age | has_teacher_age).float(), torch.zeros_like(age_weights[1]))
-        elif config.distill_age_mix != "loss":
-            raise ValueError(f"distill_age_mix {config.distill_age_mix!r}: expected 'loss' or 'target'")
+            age_weights = ((has_age | has_teacher_age).float(), torch.zeros_like(teacher_age))
+        else:
+            raise ValueError(f"distill_age_mix {config.distill_age_mix!r}: expected one of {', '.join(AGE_MIXES)}")
         gender_weights = (torch.where(known, torch.where(has_teacher_p, 1 - a_gender, 1.0), 0.0),
                           torch.where(has_teacher_p, torch.where(known, a_gender, 1.0), 0.0))
     else:
@@ -307,9 +310,19 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     return total, parts
 
 
+def comma_list(text: str) -> list[str]:
+    """The entries of a comma-separated option (TrainConfig.teacher, teacher_skip, ...), blanks dropped."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def teacher_names(teacher: str) -> list[str]:
     """Every entry of TrainConfig.teacher (comma-separated): registered teacher names or weight files."""
-    return [name.strip() for name in teacher.split(",") if name.strip()]
+    return comma_list(teacher)
+
+
+def data_sources(data: PreprocessedSet) -> np.ndarray:
+    """The dataset of every face (one name for all when the set does not record them)."""
+    return data.sources if data.sources is not None else np.full(len(data), "data")
 
 
 def teacher_paths(teacher: str) -> list[str]:
@@ -336,7 +349,7 @@ def cached_teacher_targets(teacher: str, data: PreprocessedSet, precision: str =
     names = registered_teachers(teacher)
     if not names:
         return None
-    skipped = [name.strip() for name in skip.split(",") if name.strip()]
+    skipped = comma_list(skip)
     label_only = np.isin(data.sources, skipped) if skipped and data.sources is not None else np.zeros(len(data), bool)
     teach = np.flatnonzero(~label_only)
     answers = [teacher_targets(name, data.paths[teach], data.boxes[teach], precision, threads=threads,
@@ -354,9 +367,9 @@ def teacher_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, me
     all such faces)."""
     from .teachers.calibration import MIN_FACES, fit_calibration
 
-    sources = data.sources if data.sources is not None else np.full(len(data), "data")
+    sources = data_sources(data)
     both = np.isfinite(teacher_ages) & np.isfinite(data.ages)
-    references = [name.strip() for name in reference.split(",") if name.strip()]
+    references = comma_list(reference)
     pool = both & np.isin(sources, references) if references else both
     maps = {}
     for name in dict.fromkeys(sources.tolist()):
@@ -364,19 +377,19 @@ def teacher_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, me
             continue
         own = both & (sources == name)
         chosen = own if own.sum() >= MIN_FACES else pool
+        fitted_on = name if chosen is own else (",".join(references) or "all labelled datasets")
         try:
-            maps[name] = fit_calibration(teacher_ages[chosen], data.ages[chosen], method)
+            maps[name] = fit_calibration(teacher_ages[chosen], data.ages[chosen], method, fitted_on=fitted_on)
         except ValueError as error:
             raise ValueError(f"teacher calibration for {name}'s faces: {error} (reference: "
                              f"{', '.join(references) or 'all labelled training faces'})") from error
-        maps[name].fitted_on = name if chosen is own else (",".join(references) or "all labelled datasets")
         log.info("teacher calibration for %s (%s map fitted on %s, %d faces)", name, method, maps[name].fitted_on,
                  maps[name].faces)
     return maps
 
 
 def apply_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, maps: dict) -> np.ndarray:
-    sources = data.sources if data.sources is not None else np.full(len(data), "data")
+    sources = data_sources(data)
     calibrated = np.array(teacher_ages, np.float32, copy=True)
     for name, calibration in maps.items():
         chosen = sources == name

@@ -51,7 +51,8 @@ def _non_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full(count, mean) for mean, _, count in blocks])
 
 
-def fit_calibration(teacher_ages, true_ages, method: str = "quantile", knots: int = 101) -> AgeCalibration:
+def fit_calibration(teacher_ages, true_ages, method: str = "quantile", knots: int = 101,
+                    fitted_on: str = "") -> AgeCalibration:
     """The monotone map from teacher age to true age over the faces where both are known."""
     if method not in METHODS:
         raise ValueError(f"teacher calibration {method!r}: expected one of {', '.join(METHODS)}")
@@ -68,9 +69,9 @@ def fit_calibration(teacher_ages, true_ages, method: str = "quantile", knots: in
         # Equal-count bins of teacher age; each bin's median true age, then made non-decreasing.
         edges = np.quantile(teacher_ages, levels)
         bins = np.clip(np.searchsorted(edges, teacher_ages, side="right") - 1, 0, knots - 2)
-        filled = [b for b in range(knots - 1) if np.any(bins == b)]
-        x = np.array([np.median(teacher_ages[bins == b]) for b in filled])
-        medians = np.array([np.median(true_ages[bins == b]) for b in filled])
-        y = _non_decreasing(medians, np.array([np.sum(bins == b) for b in filled], np.float64))
+        groups = [group for group in (bins == b for b in range(knots - 1)) if group.any()]
+        x = np.array([np.median(teacher_ages[group]) for group in groups])
+        medians = np.array([np.median(true_ages[group]) for group in groups])
+        y = _non_decreasing(medians, np.array([group.sum() for group in groups], np.float64))
     x, unique = np.unique(x, return_index=True)  # np.interp needs increasing knots
-    return AgeCalibration(method, x.tolist(), np.asarray(y)[unique].tolist(), int(len(teacher_ages)))
+    return AgeCalibration(method, x.tolist(), np.asarray(y)[unique].tolist(), int(len(teacher_ages)), fitted_on)
