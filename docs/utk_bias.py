@@ -1,6 +1,7 @@
 """MAE, bias and gender accuracy on the held-out UTKFace fifth by UTKFace's race label and age band (docs/results.md).
 
     .venv/bin/python docs/utk_bias.py WEIGHTS.pt
+    .venv/bin/python docs/utk_bias.py teacher:hse-faceres-deep   (a distillation teacher's raw bfloat16 answers)
 
 UTKFace names carry a race field (0 White, 1 Black, 2 Asian, 3 Indian, 4 Others); the faces are those that
 `agegender evaluate --protocol random80` scores. A one-off analysis, not part of the package.
@@ -13,15 +14,19 @@ import torch
 
 from agegender_ros.weights import load_model
 from training.cli import load_dataset, pick_fold
+from training.teachers import teacher_targets
 from training.train import predict_crops
 
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 BANDS = ((0, 20), (20, 40), (40, 60), (60, 120))
 
-model, _ = load_model(sys.argv[1])
 data = load_dataset("utkface", "../shared/data/utkface_aligned", "scrfd", progress=False)
 data = data.subset(pick_fold("utkface", data, "random80", 0, 0)[2])
-age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"))
+if sys.argv[1].startswith("teacher:"):
+    answers = teacher_targets(sys.argv[1].partition(":")[2], data.paths, data.boxes, "bfloat16", progress=False)
+    age, p_male = answers.ages, answers.p_male
+else:
+    age, p_male, _ = predict_crops(load_model(sys.argv[1])[0], data.crops, torch.device("cpu"))
 race = np.array([int(Path(p).name.split("_")[2]) for p in data.paths])
 error = age - data.ages
 print("| race | ages | faces | MAE | bias | gender |\n|---|---|---|---|---|---|")
