@@ -149,6 +149,14 @@ def test_one_epoch_distillation_through_the_cli_with_cached_teacher_answers(teac
     assert "at least 200 faces" in unfit.stderr and not (tmp_path / "unfit" / "checkpoint.pt").exists()
     alone = agegender(*common[:-2], "--teacher-calibration", "median", "--out", tmp_path / "alone")
     assert alone.returncode == 2 and "--teacher-calibration maps a registered teacher's ages" in alone.stderr
+    # Label-distribution heads: CelebA's faces have no ages, so the teacher's age distribution is their only one.
+    binned = [agegender(*common, "--age-bins", "12", *extra, "--out", tmp_path / name)
+              for name, extra in (("bins", []), ("bins-mean-only", ["--no-distill-age-distribution"]))]
+    assert all(run.returncode == 0 for run in binned), binned[0].stderr + binned[1].stderr
+    losses = [json.loads((tmp_path / name / "metrics.json").read_text())["history"][0]["train_loss"]
+              for name in ("bins", "bins-mean-only")]
+    assert np.isfinite(losses).all() and losses[0] > losses[1]  # + the KL to the teacher's distribution
+    assert not json.loads((tmp_path / "bins-mean-only" / "config.json").read_text())["distill_age_distribution"]
 
 
 def test_faces_remember_their_dataset_through_splits_and_concatenation():
@@ -191,6 +199,52 @@ def test_teacher_skip_leaves_a_datasets_faces_to_their_labels(monkeypatch):
     assert np.isnan(ages[:2]).all() and np.isnan(p_male[:2]).all()
     assert ages[2:].tolist() == [40.0] * 3 and asked == [f"utkface/{i}.jpg" for i in range(3)]
     assert cached_teacher_targets("some/weights.pt", data) is None  # no registered teacher named
+
+
+def test_teacher_age_distribution_is_shared_onto_the_students_bins_keeping_its_expected_age():
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.full(100, 0.3), 50)
+    bin_ages = np.arange(100) + 1.0  # HSE FaceRes: bins for ages 1..100
+    centres = np.linspace(0, 100, 12)
+    shared = teachers.rebin_age_distribution(probs, bin_ages, centres)
+    assert shared.shape == (50, 12) and np.allclose(shared.sum(1), 1) and (shared >= 0).all()
+    assert np.allclose(shared @ centres, probs @ bin_ages, atol=1e-3)
+    certain = teachers.rebin_age_distribution(np.eye(3), [-5.0, 50.0, 130.0], centres)
+    assert certain[0, 0] == 1 and certain[2, -1] == 1  # beyond the centres: the end bins
+    assert np.isclose(certain[1] @ centres, 50.0) and np.count_nonzero(certain[1]) == 2
+
+
+def test_teacher_distributions_follow_each_datasets_age_map_and_skip_list(monkeypatch):
+    """The cached teacher distributions over a student's bins: AAF's faces skipped (NaN rows), an unreadable photo
+    NaN, UTKFace's bins moved through UTKFace's age map (here: + 10 years), so their mean moves by 10."""
+    from training.cache import PreprocessedSet, concatenate
+    from training.teachers.calibration import AgeCalibration
+    from training.train import cached_teacher_distributions
+
+    def fake_targets(name, paths, boxes, precision, **kwargs):
+        n = len(paths)
+        probs = np.zeros((n, 100), np.float16)
+        probs[:, 29] = 1.0  # certain: age 30
+        return teachers.TeacherTargets(np.full(n, 30.0, np.float32), np.full(n, 0.9, np.float32), probs,
+                                       np.arange(n) == n - 1)
+
+    monkeypatch.setattr(teachers, "teacher_targets", fake_targets)
+
+    def dataset(name, n):
+        return PreprocessedSet(np.zeros((n, 1, 1, 3), np.uint8), np.full(n, 30.0, np.float32), np.ones(n, np.int8),
+                               np.array(["s"] * n), np.array([f"{name}/{i}.jpg" for i in range(n)]),
+                               np.array([""] * n), np.ones(n, bool), np.zeros((n, 4), np.float32), [],
+                               np.full(n, name))
+
+    data = concatenate([dataset("aaf", 2), dataset("utkface", 3)])
+    centres = np.linspace(0, 100, 12)
+    raw = cached_teacher_distributions("hse-faceres-deep", data, 12, skip="aaf")
+    assert raw.shape == (5, 12) and np.isnan(raw[:2]).all() and np.isnan(raw[4]).all()
+    assert np.allclose(raw[2:4] @ centres, 30.0, atol=1e-3)
+    older = AgeCalibration("quantile", [0.0, 100.0], [10.0, 110.0], 1000, "utkface")
+    mapped = cached_teacher_distributions("hse-faceres-deep", data, 12, {"utkface": older}, skip="aaf")
+    assert np.allclose(mapped[2:4] @ centres, 40.0, atol=1e-3)
+    assert cached_teacher_distributions("some/weights.pt", data, 12) is None
 
 
 @pytest.mark.parametrize("method", ["quantile", "median"])

@@ -390,6 +390,31 @@ def test_target_mixing_learns_the_mixed_age_where_the_loss_mix_is_flat():
         age_loss([25.0, 45.0, 35.0], "average")
 
 
+def test_teacher_age_distribution_mixes_into_the_label_distribution():
+    """Label-distribution heads: a face with an age and a teacher distribution learns (1 - a) x Gaussian label +
+    a x teacher's; a face with only one learns that one; none of it changes when no teacher gives a distribution."""
+    from training.train import label_distribution
+
+    bins, a = 6, 0.25
+    ages, genders = torch.tensor([30.0, float("nan"), 50.0, float("nan")]), torch.tensor([1, 1, 0, 0])
+    taught = torch.softmax(torch.randn(4, bins, generator=torch.Generator().manual_seed(0)), 1)
+    taught[2:] = float("nan")  # faces the teacher could not read
+    teacher = (torch.tensor([32.0, 60.0, float("nan"), float("nan")]), torch.full((4,), 0.5), taught)
+    logits = torch.randn(4, bins, generator=torch.Generator().manual_seed(1))
+    outputs = {"final_age": torch.full((4,), 40.0), "final_age_logits": logits, "final_gender": torch.zeros(4)}
+    config = TrainConfig(loss_weights={"final": 1.0}, age_loss_scale=0.1, distill_weight=a, age_bins=bins)
+    label = label_distribution(torch.tensor([30.0, 50.0]), bins)
+    expected_target = torch.stack([(1 - a) * label[0] + a * taught[0], taught[1], label[1]])
+    log_p = torch.log_softmax(logits[:3], 1)
+    expected = (expected_target * (expected_target.log() - log_p)).sum(1).mean()
+    _, parts = multitask_loss(outputs, ages, genders, config, teacher)
+    assert parts["final_age_distribution"] == pytest.approx(float(expected), rel=1e-5)
+    # Without a teacher distribution: the label distribution of the faces with an age, exactly as before.
+    _, plain = multitask_loss(outputs, ages, genders, config, teacher[:2])
+    label_only = (label * (label.log() - torch.log_softmax(logits[[0, 2]], 1))).sum(1).mean()
+    assert plain["final_age_distribution"] == pytest.approx(float(label_only), rel=1e-5)
+
+
 def test_distilled_training_runs_from_the_cli(tmp_path, morph_folder, random_weights):
     common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "1", "--batch-size", "8",
               "--threads", "1", "--no-progress"]

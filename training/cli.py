@@ -77,6 +77,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="with --teacher, where a face has an age label and a teacher age: mix the two L1 "
                         "losses (loss) or learn the mixed age (target; the loss mix is flat between label and "
                         "teacher at --distill-weight 0.5)")
+    parser.add_argument("--no-distill-age-distribution", action="store_true",
+                        help="with a registered --teacher and --age-bins: learn the teachers' expected age only, "
+                        "not their age distribution")
     parser.add_argument("--distill-gender-weight", type=float, default=None,
                         help="with --teacher: the teachers' share of the gender loss where a face has a gender "
                         "label (default: --distill-weight)")
@@ -128,7 +131,8 @@ def config_from_args(args):
                        distill_gender_weight=args.distill_gender_weight,
                        teacher_precision=args.teacher_precision, teacher_skip=args.teacher_skip,
                        teacher_calibration=args.teacher_calibration, distill_age_mix=args.distill_age_mix,
-                       teacher_calibration_reference=args.teacher_calibration_reference)
+                       teacher_calibration_reference=args.teacher_calibration_reference,
+                       distill_age_distribution=not args.no_distill_age_distribution)
 
 
 def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):
@@ -208,7 +212,9 @@ def cmd_train(args) -> int:
     if teachers:
         card["teachers"] = [{"name": t.name, "package": t.package, "files": t.model_json, "licence": t.licence,
                              "trained_on": t.saw, "precision_of_its_pass": config.teacher_precision,
-                             "age_calibration": config.teacher_calibration or "none"}
+                             "age_calibration": config.teacher_calibration or "none",
+                             "distilled": "age, age distribution, P(male)"
+                             if config.age_bins and config.distill_age_distribution else "age, P(male)"}
                             for t in teachers]
     from agegender_ros.weights import WeightsError, load_model, update_card
 

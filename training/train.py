@@ -84,6 +84,11 @@ class TrainConfig:
     # between them learns nothing from the teacher. "target": L1 to (1 - a) x label + a x teacher, which is what
     # mixing means for the gender BCE (linear in its target) and in Hinton et al.'s cross-entropy distillation.
     distill_age_mix: str = "loss"
+    # With label-distribution age heads (age_bins), also learn each registered teacher's age distribution (its 100
+    # softmax bins, moved through the age calibration where one is set, then shared out onto our bins), mixed with
+    # the Gaussian label distribution at distill_weight: how sure the teacher is, and between which ages it
+    # hesitates, is knowledge its expected age alone does not carry.
+    distill_age_distribution: bool = True
     # Registered teachers' pass over the training faces: bfloat16 is ~3.7x faster on CPUs with AVX-512 BF16, and
     # ~0.3 years from float32 on average, far below the teachers' own error (docs/results.md).
     teacher_precision: str = "bfloat16"
@@ -255,7 +260,8 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     target, its loss is (1 - a) x (loss to the label) + a x (loss to the teacher), a = config.distill_weight; where
     it has only the teacher's, the teacher's alone (CelebA's ages, its unlabelled faces' gender). The gender term
     uses config.distill_gender_weight where set. With config.distill_age_mix = "target", a face with both ages
-    learns the mixed age (1 - a) x label + a x teacher instead."""
+    learns the mixed age (1 - a) x label + a x teacher instead. A third teacher entry, where given, is the teachers'
+    age distribution over the model's age bins (NaN rows: none), mixed into the label distribution the same way."""
     a = config.distill_weight if teacher is not None else 0.0
     a_gender = a if config.distill_gender_weight is None or teacher is None else config.distill_gender_weight
     has_age, known = torch.isfinite(ages), genders >= 0
@@ -277,6 +283,7 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     else:
         age_weights, gender_weights = (has_age.float(), None), (known.float(), None)
     gender_label = genders.clamp(min=0).float()
+    has_distribution, distribution_target = age_distribution_targets(outputs, ages, config, teacher, a)
     total = torch.zeros((), device=ages.device)
     parts = {}
     for head in HEADS:
@@ -289,9 +296,9 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
                                                                       None).detach())
             loss = _weighted_mean((predicted - age_label).abs() * config.age_loss_scale, age_weights[0], distilled,
                                   age_weights[1])
-            if f"{head}_age_logits" in outputs and has_age.any():
-                distribution = label_distribution_loss(outputs[f"{head}_age_logits"][has_age], ages[has_age],
-                                                       config.age_sigma)
+            if f"{head}_age_logits" in outputs and has_distribution.any():
+                distribution = distribution_loss(outputs[f"{head}_age_logits"][has_distribution],
+                                                 distribution_target)
                 parts[f"{head}_age_distribution"] = float(distribution.detach())
                 loss = loss + config.label_distribution_weight * distribution
             total = total + weight * loss
@@ -360,6 +367,37 @@ def cached_teacher_targets(teacher: str, data: PreprocessedSet, precision: str =
     return ages, p_male
 
 
+def cached_teacher_distributions(teacher: str, data: PreprocessedSet, bins: int, calibrations: dict | None = None,
+                                 precision: str = "bfloat16", threads: int = 0, progress: bool = True,
+                                 skip: str = "") -> np.ndarray | None:
+    """The registered teachers' mean age distribution over a model's `bins` age bins (N x bins; NaN rows where no
+    teacher answers, as in cached_teacher_targets). With calibrations ({dataset: AgeCalibration}), each teacher
+    bin's age goes through its face's dataset map first, so the distribution lands on the labels' age scale."""
+    from .teachers import rebin_age_distribution, spec_for, teacher_targets
+
+    names = registered_teachers(teacher)
+    if not names:
+        return None
+    skipped, sources = comma_list(skip), data_sources(data)
+    teach = np.flatnonzero(~np.isin(sources, skipped))
+    centres = age_bin_centres(bins).numpy()
+    total = np.zeros((len(teach), bins), np.float32)
+    for name in names:
+        answers = teacher_targets(name, data.paths[teach], data.boxes[teach], precision, threads=threads,
+                                  progress=progress)
+        bin_ages = np.arange(answers.age_probs.shape[1], dtype=np.float64) + spec_for(name).age_offset
+        shared = np.zeros((len(teach), bins), np.float32)
+        for dataset in dict.fromkeys(sources[teach].tolist()):
+            chosen = sources[teach] == dataset
+            mapped = calibrations[dataset](bin_ages) if calibrations and dataset in calibrations else bin_ages
+            shared[chosen] = rebin_age_distribution(answers.age_probs[chosen], mapped, centres)
+        shared[answers.failed | ~np.isfinite(answers.ages)] = np.nan  # photo unreadable: a blank's answer
+        total += shared  # a NaN row stays NaN: no mean over fewer teachers, as in cached_teacher_targets
+    distributions = np.full((len(data), bins), np.nan, np.float32)
+    distributions[teach] = total / len(names)
+    return distributions
+
+
 def teacher_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, method: str,
                              reference: str = "") -> dict:
     """{dataset: AgeCalibration} for every dataset in data: its own map where it has enough faces with both an
@@ -416,11 +454,12 @@ def online_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor) -> t
 
 
 def batch_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor,
-                          cached: tuple[torch.Tensor, torch.Tensor] | None, index: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The batch's teacher (age, P(male)): the cached registered teachers' answers for these faces and/or the
-    weight-file teachers run on the augmented batch, averaged per teacher; None without teachers."""
+                          cached: tuple[torch.Tensor, ...] | None, index: torch.Tensor) -> tuple | None:
+    """The batch's teacher (age, P(male)[, age distribution]): the cached registered teachers' answers for these
+    faces and/or the weight-file teachers run on the augmented batch, averaged per teacher; None without teachers.
+    Only the registered teachers give a distribution (cached_teacher_distributions)."""
     answers, counts = [], []
+    distribution = cached[2][index] if cached is not None and len(cached) > 2 else None
     if cached is not None:
         answers.append((cached[0][index], cached[1][index]))
         counts.append(1.0)
@@ -429,20 +468,47 @@ def batch_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor,
         counts.append(float(len(teachers)))
     if not answers:
         return None
-    if len(answers) == 1:
-        return answers[0]
     share = [c / sum(counts) for c in counts]
-    return (sum(w * a[0] for w, a in zip(share, answers)), sum(w * a[1] for w, a in zip(share, answers)))
+    mean = (sum(w * a[0] for w, a in zip(share, answers)), sum(w * a[1] for w, a in zip(share, answers)))
+    return mean if distribution is None else (*mean, distribution)
+
+
+def label_distribution(ages: torch.Tensor, bins: int, sigma: float = 0.0) -> torch.Tensor:
+    """A Gaussian around each true age over the model's age bins (DLDL): neighbouring ages share evidence, which
+    suits noisy, apparent-age labels. sigma 0: the bin spacing."""
+    centres = age_bin_centres(bins, ages.device)
+    sigma = sigma or float(centres[1] - centres[0])
+    return torch.softmax(-(centres[None, :] - ages[:, None]) ** 2 / (2 * sigma ** 2), 1)
+
+
+def distribution_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL divergence from the target age distribution to the predicted one, averaged over faces."""
+    return F.kl_div(torch.log_softmax(logits, 1), target, reduction="batchmean")
 
 
 def label_distribution_loss(logits: torch.Tensor, ages: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
-    """KL divergence from a Gaussian label distribution around each true age (over the model's age bins) to the
-    predicted one (DLDL): neighbouring ages share evidence, which suits noisy, apparent-age labels."""
-    bins = logits.shape[1]
-    centres = age_bin_centres(bins, logits.device)
-    sigma = sigma or float(centres[1] - centres[0])
-    target = torch.softmax(-(centres[None, :] - ages[:, None]) ** 2 / (2 * sigma ** 2), 1)
-    return F.kl_div(torch.log_softmax(logits, 1), target, reduction="batchmean")
+    return distribution_loss(logits, label_distribution(ages, logits.shape[1], sigma))
+
+
+def age_distribution_targets(outputs: dict[str, torch.Tensor], ages: torch.Tensor, config: TrainConfig,
+                             teacher: tuple | None, a: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(which faces, their target age distribution) for label-distribution heads: the Gaussian label distribution
+    where a face has an age, the teachers' distribution where it has one, (1 - a) x label + a x teacher where it
+    has both. Mixing the targets of a KL loss is the same as mixing the two losses (it is linear in its target)."""
+    logits = next((v for k, v in outputs.items() if k.endswith("_age_logits")), None)
+    has_age = torch.isfinite(ages)
+    if logits is None:
+        return torch.zeros_like(has_age), None
+    labelled = label_distribution(torch.nan_to_num(ages), logits.shape[1], config.age_sigma)
+    teacher_distribution = teacher[2] if teacher is not None and len(teacher) > 2 else None
+    if teacher_distribution is None:
+        return has_age, labelled[has_age]
+    has_teacher = torch.isfinite(teacher_distribution).all(1)
+    taught = torch.nan_to_num(teacher_distribution)
+    both = (has_age & has_teacher)[:, None]
+    target = torch.where(both, (1 - a) * labelled + a * taught, torch.where(has_age[:, None], labelled, taught))
+    covered = has_age | has_teacher
+    return covered, target[covered]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -633,6 +699,11 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         if rank == 0:
             (run_dir / "teacher_calibration.json").write_text(json.dumps(
                 {name: c.to_json() for name, c in calibrations.items()}, indent=1) + "\n")
+    if cached is not None and model.age_bins and config.distill_age_distribution:
+        cached = (*cached, cached_teacher_distributions(config.teacher, train_set, model.age_bins,
+                                                        calibrations if config.teacher_calibration else None,
+                                                        config.teacher_precision, config.threads,
+                                                        progress and rank == 0, config.teacher_skip))
     if cached is not None:
         cached = tuple(torch.from_numpy(t).to(device) for t in cached)
     # Faces without an age label (CelebA) are binned by the teachers' age when balancing ages.

@@ -213,6 +213,22 @@ def decode_age(probs: np.ndarray, offset: float, top: int = 0) -> np.ndarray:
     return (probs * ages).sum(1) / probs.sum(1)
 
 
+def rebin_age_distribution(probs: np.ndarray, bin_ages: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """A teacher's age distribution (N x B, bin b standing for age bin_ages[b]) shared out onto a student's bins at
+    centres (K, increasing): each bin's probability goes to the two nearest centres, in proportion to nearness, so
+    the expected age is kept (within the centres' range; ages beyond it go to the end bins)."""
+    probs, centres = np.asarray(probs, np.float64), np.asarray(centres, np.float64)
+    position = np.interp(np.asarray(bin_ages, np.float64), centres, np.arange(len(centres)))
+    lower = np.minimum(np.floor(position).astype(int), len(centres) - 1)
+    upper = np.minimum(lower + 1, len(centres) - 1)
+    share = position - lower
+    out = np.zeros((len(probs), len(centres)))
+    for b in range(probs.shape[1]):
+        out[:, lower[b]] += probs[:, b] * (1 - share[b])
+        out[:, upper[b]] += probs[:, b] * share[b]
+    return (out / out.sum(1, keepdims=True)).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # cached outputs for a preprocessed set
 
