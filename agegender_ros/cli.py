@@ -73,19 +73,24 @@ def build_estimator(args):
 def cmd_info(args) -> int:
     from .model import INPUT_SIZE, count_flops_per_face, count_parameters, create_model
 
-    model = create_model(args.model)
-    info = {"model": args.model, "params": count_parameters(model), "flops_per_face": count_flops_per_face(model),
-            "input_size": INPUT_SIZE}
+    card, weights = None, None
     if args.weights or args.model == "paper":
         from .weights import WeightsError, default_weights_path, read_card
 
         path = Path(args.weights) if args.weights else default_weights_path()
         try:
             card = read_card(path)
-            info["weights"] = {"path": str(path), "training_data": card.get("training_data"),
-                               "metrics": card.get("metrics"), "sha256": card.get("sha256")}
+            weights = {"path": str(path), "training_data": card.get("training_data"),
+                       "metrics": card.get("metrics"), "sha256": card.get("sha256")}
         except WeightsError as error:
-            info["weights"] = {"path": str(path), "error": str(error)}
+            weights = {"path": str(path), "error": str(error)}
+    # Counted on the network the weights load into (e.g. the shipped paper net has 12-bin age heads).
+    model_args = card.get("model_args", {}) if card and card.get("architecture", "paper") == args.model else {}
+    model = create_model(args.model, **model_args)
+    info = {"model": args.model, "model_args": model_args, "params": count_parameters(model),
+            "flops_per_face": count_flops_per_face(model), "input_size": INPUT_SIZE}
+    if weights is not None:
+        info["weights"] = weights
     if args.json:
         print(json.dumps(info))
     else:

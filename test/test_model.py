@@ -9,6 +9,7 @@ import torch
 
 from agegender_ros.model import (HEADS, PaperNet, available_models, count_flops_per_face, count_parameters,
                                  create_model, ensemble, normalise_crops, normalise_crops_tensor)
+from agegender_ros.weights import default_weights_path, read_card
 
 
 def test_forward_returns_six_outputs_of_batch_shape():
@@ -71,7 +72,8 @@ def test_info_json_is_measured_from_the_model():
     out = subprocess.run([sys.executable, "-m", "agegender_ros.cli", "info", "--json"], capture_output=True,
                          text=True, check=True).stdout
     info = json.loads(out)
-    model = PaperNet()
-    assert info["params"] == count_parameters(model)
+    model = PaperNet(**read_card(default_weights_path())["model_args"])  # the net the shipped weights load into
+    assert info["model_args"] == read_card(default_weights_path())["model_args"]
+    assert info["params"] == count_parameters(model) and abs(info["params"] / 99_200 - 1) <= 0.02  # paper: 99.2k
     assert info["flops_per_face"] == count_flops_per_face(model)
     assert info["input_size"] == 64
