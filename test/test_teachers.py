@@ -159,15 +159,19 @@ def test_one_epoch_distillation_through_the_cli_with_cached_teacher_answers(teac
     assert not json.loads((tmp_path / "bins-mean-only" / "config.json").read_text())["distill_age_distribution"]
 
 
+def faces_of(name: str, n: int, ages=30.0):
+    """A preprocessed set of n blank faces from one dataset, with these ages (one for all, or one each)."""
+    from training.cache import PreprocessedSet
+
+    return PreprocessedSet(np.zeros((n, 1, 1, 3), np.uint8), np.broadcast_to(np.float32(ages), (n,)).copy(),
+                           np.ones(n, np.int8), np.array(["s"] * n), np.array([f"{name}/{i}.jpg" for i in range(n)]),
+                           np.array([""] * n), np.ones(n, bool), np.zeros((n, 4), np.float32), [], np.full(n, name))
+
+
 def test_faces_remember_their_dataset_through_splits_and_concatenation():
-    from training.cache import PreprocessedSet, concatenate
+    from training.cache import concatenate
 
-    def dataset(name, n):
-        return PreprocessedSet(np.zeros((n, 1, 1, 3), np.uint8), np.zeros(n, np.float32), np.zeros(n, np.int8),
-                               np.array(["s"] * n), np.array(["p"] * n), np.array([""] * n), np.ones(n, bool),
-                               np.zeros((n, 4), np.float32), [], np.full(n, name))
-
-    joined = concatenate([dataset("aaf", 3).subset([0, 2]), dataset("celeba_gender", 2)])
+    joined = concatenate([faces_of("aaf", 3).subset([0, 2]), faces_of("celeba_gender", 2)])
     assert joined.sources.tolist() == ["aaf", "aaf", "celeba_gender", "celeba_gender"]
     assert joined.subset([3, 0]).sources.tolist() == ["celeba_gender", "aaf"]
 
@@ -175,7 +179,7 @@ def test_faces_remember_their_dataset_through_splits_and_concatenation():
 def test_teacher_skip_leaves_a_datasets_faces_to_their_labels(monkeypatch):
     """--teacher-skip aaf: AAF's faces get no teacher target (NaN, so the loss uses their labels alone), and the
     teacher is not even run on them."""
-    from training.cache import PreprocessedSet, concatenate
+    from training.cache import concatenate
     from training.train import cached_teacher_targets
 
     asked = []
@@ -188,13 +192,7 @@ def test_teacher_skip_leaves_a_datasets_faces_to_their_labels(monkeypatch):
 
     monkeypatch.setattr(teachers, "teacher_targets", fake_targets)
 
-    def dataset(name, n):
-        return PreprocessedSet(np.zeros((n, 1, 1, 3), np.uint8), np.full(n, 30.0, np.float32), np.ones(n, np.int8),
-                               np.array(["s"] * n), np.array([f"{name}/{i}.jpg" for i in range(n)]),
-                               np.array([""] * n), np.ones(n, bool), np.zeros((n, 4), np.float32), [],
-                               np.full(n, name))
-
-    data = concatenate([dataset("aaf", 2), dataset("utkface", 3)])
+    data = concatenate([faces_of("aaf", 2), faces_of("utkface", 3)])
     ages, p_male = cached_teacher_targets("hse-faceres-deep", data, skip="aaf")
     assert np.isnan(ages[:2]).all() and np.isnan(p_male[:2]).all()
     assert ages[2:].tolist() == [40.0] * 3 and asked == [f"utkface/{i}.jpg" for i in range(3)]
@@ -217,7 +215,7 @@ def test_teacher_age_distribution_is_shared_onto_the_students_bins_keeping_its_e
 def test_teacher_distributions_follow_each_datasets_age_map_and_skip_list(monkeypatch):
     """The cached teacher distributions over a student's bins: AAF's faces skipped (NaN rows), an unreadable photo
     NaN, UTKFace's bins moved through UTKFace's age map (here: + 10 years), so their mean moves by 10."""
-    from training.cache import PreprocessedSet, concatenate
+    from training.cache import concatenate
     from training.teachers.calibration import AgeCalibration
     from training.train import cached_teacher_distributions
 
@@ -230,13 +228,7 @@ def test_teacher_distributions_follow_each_datasets_age_map_and_skip_list(monkey
 
     monkeypatch.setattr(teachers, "teacher_targets", fake_targets)
 
-    def dataset(name, n):
-        return PreprocessedSet(np.zeros((n, 1, 1, 3), np.uint8), np.full(n, 30.0, np.float32), np.ones(n, np.int8),
-                               np.array(["s"] * n), np.array([f"{name}/{i}.jpg" for i in range(n)]),
-                               np.array([""] * n), np.ones(n, bool), np.zeros((n, 4), np.float32), [],
-                               np.full(n, name))
-
-    data = concatenate([dataset("aaf", 2), dataset("utkface", 3)])
+    data = concatenate([faces_of("aaf", 2), faces_of("utkface", 3)])
     centres = np.linspace(0, 100, 12)
     raw = cached_teacher_distributions("hse-faceres-deep", data, 12, skip="aaf")
     assert raw.shape == (5, 12) and np.isnan(raw[:2]).all() and np.isnan(raw[4]).all()
@@ -276,20 +268,14 @@ def test_calibration_maps_a_biased_teacher_onto_the_labels_scale(method):
 def test_each_dataset_gets_its_own_teacher_age_map_and_unlabelled_ones_the_reference():
     """AAF's faces get the map fitted on AAF's labels, UTKFace's on UTKFace's, CelebA's (no ages) the reference
     dataset's; a skipped dataset (no teacher ages) gets none."""
-    from training.cache import PreprocessedSet, concatenate
+    from training.cache import concatenate
     from training.train import apply_age_calibrations, teacher_age_calibrations
 
     rng = np.random.default_rng(1)
 
-    def dataset(name, n, ages):
-        return PreprocessedSet(np.zeros((n, 1, 1, 3), np.uint8), ages.astype(np.float32), np.ones(n, np.int8),
-                               np.array(["s"] * n), np.array([f"{name}/{i}.jpg" for i in range(n)]),
-                               np.array([""] * n), np.ones(n, bool), np.zeros((n, 4), np.float32), [],
-                               np.full(n, name))
-
     aaf, utk = rng.uniform(10, 70, 600), rng.uniform(10, 70, 600)
-    data = concatenate([dataset("aaf", 600, aaf), dataset("utkface", 600, utk),
-                        dataset("celeba_gender", 300, np.full(300, np.nan)), dataset("fgnet", 300, aaf[:300])])
+    data = concatenate([faces_of("aaf", 600, aaf), faces_of("utkface", 600, utk),
+                        faces_of("celeba_gender", 300, np.full(300, np.nan)), faces_of("fgnet", 300, aaf[:300])])
     teacher_ages = np.concatenate([aaf - 10, utk + 5, rng.uniform(10, 70, 300), np.full(300, np.nan)])
     maps = teacher_age_calibrations(teacher_ages, data, "quantile", reference="utkface")
     assert sorted(maps) == ["aaf", "celeba_gender", "utkface"]  # fgnet: skipped, no teacher ages
