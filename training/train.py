@@ -487,6 +487,7 @@ def distribution_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 
 def label_distribution_loss(logits: torch.Tensor, ages: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
+    """The DLDL loss of labelled faces alone (no teacher)."""
     return distribution_loss(logits, label_distribution(ages, logits.shape[1], sigma))
 
 
@@ -699,8 +700,9 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         if rank == 0:
             (run_dir / "teacher_calibration.json").write_text(json.dumps(
                 {name: c.to_json() for name, c in calibrations.items()}, indent=1) + "\n")
-    if cached is not None and model.age_bins and config.distill_age_distribution:
-        cached = (*cached, cached_teacher_distributions(config.teacher, train_set, model.age_bins,
+    age_bins = getattr(model, "age_bins", 0)  # the paper net's option; the baselines have none
+    if cached is not None and age_bins and config.distill_age_distribution:
+        cached = (*cached, cached_teacher_distributions(config.teacher, train_set, age_bins,
                                                         calibrations if config.teacher_calibration else None,
                                                         config.teacher_precision, config.threads,
                                                         progress and rank == 0, config.teacher_skip))
