@@ -468,8 +468,11 @@ def batch_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor,
         counts.append(float(len(teachers)))
     if not answers:
         return None
-    share = [c / sum(counts) for c in counts]
-    mean = (sum(w * a[0] for w, a in zip(share, answers)), sum(w * a[1] for w, a in zip(share, answers)))
+    if len(answers) == 1:
+        mean = answers[0]
+    else:
+        share = [c / sum(counts) for c in counts]
+        mean = (sum(w * a[0] for w, a in zip(share, answers)), sum(w * a[1] for w, a in zip(share, answers)))
     return mean if distribution is None else (*mean, distribution)
 
 
@@ -484,11 +487,6 @@ def label_distribution(ages: torch.Tensor, bins: int, sigma: float = 0.0) -> tor
 def distribution_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """KL divergence from the target age distribution to the predicted one, averaged over faces."""
     return F.kl_div(torch.log_softmax(logits, 1), target, reduction="batchmean")
-
-
-def label_distribution_loss(logits: torch.Tensor, ages: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
-    """The DLDL loss of labelled faces alone (no teacher)."""
-    return distribution_loss(logits, label_distribution(ages, logits.shape[1], sigma))
 
 
 def age_distribution_targets(outputs: dict[str, torch.Tensor], ages: torch.Tensor, config: TrainConfig,
