@@ -180,7 +180,7 @@ def test_teacher_skip_leaves_a_datasets_faces_to_their_labels(monkeypatch):
     """--teacher-skip aaf: AAF's faces get no teacher target (NaN, so the loss uses their labels alone), and the
     teacher is not even run on them."""
     from training.cache import concatenate
-    from training.train import cached_teacher_targets
+    from training.train import cached_teacher_answers
 
     asked = []
 
@@ -193,10 +193,10 @@ def test_teacher_skip_leaves_a_datasets_faces_to_their_labels(monkeypatch):
     monkeypatch.setattr(teachers, "teacher_targets", fake_targets)
 
     data = concatenate([faces_of("aaf", 2), faces_of("utkface", 3)])
-    ages, p_male = cached_teacher_targets("hse-faceres-deep", data, skip="aaf")
+    ages, p_male = cached_teacher_answers("hse-faceres-deep", data, skip="aaf").targets()
     assert np.isnan(ages[:2]).all() and np.isnan(p_male[:2]).all()
     assert ages[2:].tolist() == [40.0] * 3 and asked == [f"utkface/{i}.jpg" for i in range(3)]
-    assert cached_teacher_targets("some/weights.pt", data) is None  # no registered teacher named
+    assert cached_teacher_answers("some/weights.pt", data) is None  # no registered teacher named
 
 
 def test_teacher_age_distribution_is_shared_onto_the_students_bins_keeping_its_expected_age():
@@ -217,9 +217,12 @@ def test_teacher_distributions_follow_each_datasets_age_map_and_skip_list(monkey
     NaN, UTKFace's bins moved through UTKFace's age map (here: + 10 years), so their mean moves by 10."""
     from training.cache import concatenate
     from training.teachers.calibration import AgeCalibration
-    from training.train import cached_teacher_distributions
+    from training.train import cached_teacher_answers, data_sources
+
+    asked = []
 
     def fake_targets(name, paths, boxes, precision, **kwargs):
+        asked.append(name)
         n = len(paths)
         probs = np.zeros((n, 100), np.float16)
         probs[:, 29] = 1.0  # certain: age 30
@@ -230,13 +233,14 @@ def test_teacher_distributions_follow_each_datasets_age_map_and_skip_list(monkey
 
     data = concatenate([faces_of("aaf", 2), faces_of("utkface", 3)])
     centres = np.linspace(0, 100, 12)
-    raw = cached_teacher_distributions("hse-faceres-deep", data, 12, skip="aaf")
+    answers = cached_teacher_answers("hse-faceres-deep", data, skip="aaf")
+    raw = answers.distributions(data_sources(data), 12)
     assert raw.shape == (5, 12) and np.isnan(raw[:2]).all() and np.isnan(raw[4]).all()
     assert np.allclose(raw[2:4] @ centres, 30.0, atol=1e-3)
     older = AgeCalibration("quantile", [0.0, 100.0], [10.0, 110.0], 1000, "utkface")
-    mapped = cached_teacher_distributions("hse-faceres-deep", data, 12, {"utkface": older}, skip="aaf")
+    mapped = answers.distributions(data_sources(data), 12, {"utkface": older})
     assert np.allclose(mapped[2:4] @ centres, 40.0, atol=1e-3)
-    assert cached_teacher_distributions("some/weights.pt", data, 12) is None
+    assert asked == ["hse-faceres-deep"]  # the teacher's store is read once for targets and distributions
 
 
 @pytest.mark.parametrize("method", ["quantile", "median"])

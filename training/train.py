@@ -346,56 +346,58 @@ def registered_teachers(teacher: str) -> list[str]:
     return [name for name in teacher_names(teacher) if name in TEACHERS]
 
 
-def cached_teacher_targets(teacher: str, data: PreprocessedSet, precision: str = "bfloat16", threads: int = 0,
-                           progress: bool = True, skip: str = "") -> tuple[np.ndarray, np.ndarray] | None:
-    """The registered teachers' mean (age, P(male)) for every face of data, from the photos and the cached face
-    boxes; NaN where none could answer and for the faces of the datasets named in skip (comma-separated: they
-    learn from their labels alone). None when no registered teacher is named."""
+@dataclass
+class CachedTeacherAnswers:
+    """The registered teachers' cached answers for a training set: read once, then averaged into scalar targets
+    and, for label-distribution heads, into age distributions."""
+    taught: np.ndarray  # indices of the faces the teachers answered for (not those of --teacher-skip datasets)
+    answers: dict  # {teacher name: training.teachers.TeacherTargets over the taught faces}
+    faces: int  # faces in the whole set
+
+    def targets(self) -> tuple[np.ndarray, np.ndarray]:
+        """The teachers' mean (age, P(male)) for every face; NaN for skipped faces and unreadable photos."""
+        ages, p_male = np.full(self.faces, np.nan, np.float32), np.full(self.faces, np.nan, np.float32)
+        ages[self.taught] = np.mean([t.ages for t in self.answers.values()], 0)
+        p_male[self.taught] = np.mean([t.p_male for t in self.answers.values()], 0)
+        return ages, p_male
+
+    def distributions(self, sources: np.ndarray, bins: int, calibrations: dict | None = None) -> np.ndarray:
+        """The teachers' mean age distribution over a model's `bins` age bins (faces x bins; NaN rows as in
+        targets). With calibrations ({dataset: AgeCalibration}), each teacher bin's age goes through its face's
+        dataset map first, so the distribution lands on the labels' age scale."""
+        from .teachers import rebin_age_distribution, spec_for
+
+        centres = age_bin_centres(bins).numpy()
+        taught_sources = sources[self.taught]
+        total = np.zeros((len(self.taught), bins), np.float32)
+        for name, answers in self.answers.items():
+            bin_ages = np.arange(answers.age_probs.shape[1], dtype=np.float64) + spec_for(name).age_offset
+            shared = np.zeros_like(total)
+            for dataset in dict.fromkeys(taught_sources.tolist()):
+                chosen = taught_sources == dataset
+                mapped = calibrations[dataset](bin_ages) if calibrations and dataset in calibrations else bin_ages
+                shared[chosen] = rebin_age_distribution(answers.age_probs[chosen], mapped, centres)
+            shared[answers.failed | ~np.isfinite(answers.ages)] = np.nan  # photo unreadable: a blank's answer
+            total += shared  # a NaN row stays NaN: no mean over fewer teachers, as in targets
+        distributions = np.full((self.faces, bins), np.nan, np.float32)
+        distributions[self.taught] = total / len(self.answers)
+        return distributions
+
+
+def cached_teacher_answers(teacher: str, data: PreprocessedSet, precision: str = "bfloat16", threads: int = 0,
+                           progress: bool = True, skip: str = "") -> CachedTeacherAnswers | None:
+    """The registered teachers' answers for every face of data, from the photos and the cached face boxes (run
+    once per face and kept: training/teachers), except the faces of the datasets named in skip (comma-separated:
+    they learn from their labels alone). None when no registered teacher is named."""
     from .teachers import teacher_targets
 
     names = registered_teachers(teacher)
     if not names:
         return None
-    skipped = comma_list(skip)
-    label_only = np.isin(data.sources, skipped) if skipped and data.sources is not None else np.zeros(len(data), bool)
-    teach = np.flatnonzero(~label_only)
-    answers = [teacher_targets(name, data.paths[teach], data.boxes[teach], precision, threads=threads,
-                               progress=progress) for name in names]
-    ages, p_male = np.full(len(data), np.nan, np.float32), np.full(len(data), np.nan, np.float32)
-    ages[teach] = np.mean([t.ages for t in answers], 0)
-    p_male[teach] = np.mean([t.p_male for t in answers], 0)
-    return ages, p_male
-
-
-def cached_teacher_distributions(teacher: str, data: PreprocessedSet, bins: int, calibrations: dict | None = None,
-                                 precision: str = "bfloat16", threads: int = 0, progress: bool = True,
-                                 skip: str = "") -> np.ndarray | None:
-    """The registered teachers' mean age distribution over a model's `bins` age bins (N x bins; NaN rows where no
-    teacher answers, as in cached_teacher_targets). With calibrations ({dataset: AgeCalibration}), each teacher
-    bin's age goes through its face's dataset map first, so the distribution lands on the labels' age scale."""
-    from .teachers import rebin_age_distribution, spec_for, teacher_targets
-
-    names = registered_teachers(teacher)
-    if not names:
-        return None
-    skipped, sources = comma_list(skip), data_sources(data)
-    teach = np.flatnonzero(~np.isin(sources, skipped))
-    centres = age_bin_centres(bins).numpy()
-    total = np.zeros((len(teach), bins), np.float32)
-    for name in names:
-        answers = teacher_targets(name, data.paths[teach], data.boxes[teach], precision, threads=threads,
-                                  progress=progress)
-        bin_ages = np.arange(answers.age_probs.shape[1], dtype=np.float64) + spec_for(name).age_offset
-        shared = np.zeros((len(teach), bins), np.float32)
-        for dataset in dict.fromkeys(sources[teach].tolist()):
-            chosen = sources[teach] == dataset
-            mapped = calibrations[dataset](bin_ages) if calibrations and dataset in calibrations else bin_ages
-            shared[chosen] = rebin_age_distribution(answers.age_probs[chosen], mapped, centres)
-        shared[answers.failed | ~np.isfinite(answers.ages)] = np.nan  # photo unreadable: a blank's answer
-        total += shared  # a NaN row stays NaN: no mean over fewer teachers, as in cached_teacher_targets
-    distributions = np.full((len(data), bins), np.nan, np.float32)
-    distributions[teach] = total / len(names)
-    return distributions
+    taught = np.flatnonzero(~np.isin(data_sources(data), comma_list(skip)))
+    answers = {name: teacher_targets(name, data.paths[taught], data.boxes[taught], precision, threads=threads,
+                                     progress=progress) for name in names}
+    return CachedTeacherAnswers(taught, answers, len(data))
 
 
 def teacher_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, method: str,
@@ -457,7 +459,7 @@ def batch_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor,
                           cached: tuple[torch.Tensor, ...] | None, index: torch.Tensor) -> tuple | None:
     """The batch's teacher (age, P(male)[, age distribution]): the cached registered teachers' answers for these
     faces and/or the weight-file teachers run on the augmented batch, averaged per teacher; None without teachers.
-    Only the registered teachers give a distribution (cached_teacher_distributions)."""
+    Only the registered teachers give a distribution (CachedTeacherAnswers.distributions)."""
     answers, counts = [], []
     distribution = cached[2][index] if cached is not None and len(cached) > 2 else None
     if cached is not None:
@@ -689,21 +691,21 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     ages = torch.from_numpy(train_set.ages).to(device)
     genders = torch.from_numpy(train_set.genders.astype(np.int64)).to(device)
     teachers = load_teachers(config.teacher, device) if config.teacher else []
-    cached = cached_teacher_targets(config.teacher, train_set, config.teacher_precision, config.threads,
-                                    progress and rank == 0, skip=config.teacher_skip)
-    if cached is not None and config.teacher_calibration:
-        calibrations = teacher_age_calibrations(cached[0], train_set, config.teacher_calibration,
-                                                config.teacher_calibration_reference)
-        cached = (apply_age_calibrations(cached[0], train_set, calibrations), cached[1])
-        if rank == 0:
-            (run_dir / "teacher_calibration.json").write_text(json.dumps(
-                {name: c.to_json() for name, c in calibrations.items()}, indent=1) + "\n")
-    age_bins = getattr(model, "age_bins", 0)  # the paper net's option; the baselines have none
-    if cached is not None and age_bins and config.distill_age_distribution:
-        cached = (*cached, cached_teacher_distributions(config.teacher, train_set, age_bins,
-                                                        calibrations if config.teacher_calibration else None,
-                                                        config.teacher_precision, config.threads,
-                                                        progress and rank == 0, config.teacher_skip))
+    answers = cached_teacher_answers(config.teacher, train_set, config.teacher_precision, config.threads,
+                                     progress and rank == 0, skip=config.teacher_skip)
+    cached, calibrations = None, None
+    if answers is not None:
+        cached = answers.targets()
+        if config.teacher_calibration:
+            calibrations = teacher_age_calibrations(cached[0], train_set, config.teacher_calibration,
+                                                    config.teacher_calibration_reference)
+            cached = (apply_age_calibrations(cached[0], train_set, calibrations), cached[1])
+            if rank == 0:
+                (run_dir / "teacher_calibration.json").write_text(json.dumps(
+                    {name: c.to_json() for name, c in calibrations.items()}, indent=1) + "\n")
+        age_bins = getattr(model, "age_bins", 0)  # the paper net's option; the baselines have none
+        if age_bins and config.distill_age_distribution:
+            cached = (*cached, answers.distributions(data_sources(train_set), age_bins, calibrations))
     if cached is not None:
         cached = tuple(torch.from_numpy(t).to(device) for t in cached)
     # Faces without an age label (CelebA) are binned by the teachers' age when balancing ages.
