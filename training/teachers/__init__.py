@@ -222,10 +222,10 @@ def rebin_age_distribution(probs: np.ndarray, bin_ages: np.ndarray, centres: np.
     lower = np.minimum(np.floor(position).astype(int), len(centres) - 1)
     upper = np.minimum(lower + 1, len(centres) - 1)
     share = position - lower
-    out = np.zeros((len(probs), len(centres)))
-    for b in range(probs.shape[1]):
-        out[:, lower[b]] += probs[:, b] * (1 - share[b])
-        out[:, upper[b]] += probs[:, b] * share[b]
+    rebinning = np.zeros((len(position), len(centres)))  # teacher bin -> its shares of the student's bins
+    np.add.at(rebinning, (np.arange(len(position)), lower), 1 - share)
+    np.add.at(rebinning, (np.arange(len(position)), upper), share)
+    out = probs @ rebinning
     return (out / out.sum(1, keepdims=True)).astype(np.float32)
 
 
