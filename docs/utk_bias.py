@@ -1,7 +1,10 @@
 """MAE, bias and gender accuracy on the held-out UTKFace fifth by UTKFace's race label and age band (docs/results.md).
 
-    .venv/bin/python docs/utk_bias.py WEIGHTS.pt
+    .venv/bin/python docs/utk_bias.py WEIGHTS.pt [SEED]
     .venv/bin/python docs/utk_bias.py teacher:hse-faceres-deep   (a distillation teacher's raw bfloat16 answers)
+
+SEED (default 0) picks the held-out fifth as `agegender train/evaluate --seed SEED` does: a run trained with
+`--seed 1` held out a different fifth and trained on most of seed 0's, so score it with its own seed.
 
 UTKFace names carry a race field (0 White, 1 Black, 2 Asian, 3 Indian, 4 Others); the faces are those that
 `agegender evaluate --protocol random80` scores. A one-off analysis, not part of the package.
@@ -21,7 +24,8 @@ RACES = ("White", "Black", "Asian", "Indian", "Others")
 BANDS = ((0, 20), (20, 40), (40, 60), (60, 120))
 
 data = load_dataset("utkface", "../shared/data/utkface_aligned", "scrfd", progress=False)
-data = data.subset(pick_fold("utkface", data, "random80", 0, 0)[2])
+seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+data = data.subset(pick_fold("utkface", data, "random80", 0, seed)[2])
 if sys.argv[1].startswith("teacher:"):
     answers = teacher_targets(sys.argv[1].partition(":")[2], data.paths, data.boxes, "bfloat16", progress=False)
     age, p_male = answers.ages, answers.p_male
