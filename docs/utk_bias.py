@@ -1,10 +1,11 @@
 """MAE, bias and gender accuracy on the held-out UTKFace fifth by UTKFace's race label and age band (docs/results.md).
 
-    .venv/bin/python docs/utk_bias.py WEIGHTS.pt [SEED]
+    .venv/bin/python docs/utk_bias.py WEIGHTS.pt
     .venv/bin/python docs/utk_bias.py teacher:hse-faceres-deep   (a distillation teacher's raw bfloat16 answers)
 
-SEED (default 0) picks the held-out fifth as `agegender train/evaluate --seed SEED` does: a run trained with
-`--seed 1` held out a different fifth and trained on most of seed 0's, so score it with its own seed.
+The fifth is the one the weights' model card records as held out (`agegender evaluate --protocol random80` picks
+it the same way; split seed 0 for a teacher): a run trained with another split seed held out another fifth and
+trained on most of seed 0's.
 
 UTKFace names carry a race field (0 White, 1 Black, 2 Asian, 3 Indian, 4 Others); the faces are those that
 `agegender evaluate --protocol random80` scores. A one-off analysis, not part of the package.
@@ -17,6 +18,7 @@ import torch
 
 from agegender_ros.weights import load_model
 from training.cli import load_dataset, pick_fold
+from training.protocols import trained_splits
 from training.teachers import teacher_targets
 from training.train import predict_crops
 
@@ -24,13 +26,14 @@ RACES = ("White", "Black", "Asian", "Indian", "Others")
 BANDS = ((0, 20), (20, 40), (40, 60), (60, 120))
 
 data = load_dataset("utkface", "../shared/data/utkface_aligned", "scrfd", progress=False)
-seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-data = data.subset(pick_fold("utkface", data, "random80", 0, seed)[2])
-if sys.argv[1].startswith("teacher:"):
+model, card = (None, {}) if sys.argv[1].startswith("teacher:") else load_model(sys.argv[1])
+seeds = {split["split_seed"] for split in trained_splits(card) if split["protocol"] == "random80"}
+data = data.subset(pick_fold("utkface", data, "random80", 0, seeds.pop() if len(seeds) == 1 else 0)[2])
+if model is None:
     answers = teacher_targets(sys.argv[1].partition(":")[2], data.paths, data.boxes, "bfloat16", progress=False)
     age, p_male = answers.ages, answers.p_male
 else:
-    age, p_male, _ = predict_crops(load_model(sys.argv[1])[0], data.crops, torch.device("cpu"))
+    age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"))
 race = np.array([int(Path(p).name.split("_")[2]) for p in data.paths])
 error = age - data.ages
 print("| race | ages | faces | MAE | bias | gender |\n|---|---|---|---|---|---|")

@@ -36,6 +36,20 @@ def score(records, ages, p_male):
     return float(np.mean(np.abs(np.asarray(ages) - true_age))), float(np.mean((np.asarray(p_male) >= 0.5) == male))
 
 
+def test_shipped_card_records_the_aaf_faces_it_held_out(aaf_val_subset):
+    # `evaluate --protocol official` and `train --init-weights` read this record: it must name AAF val exactly.
+    from agegender_ros.weights import default_weights_path, read_card
+    from training.datasets import load_records
+    from training.protocols import held_out_fingerprint
+
+    records, _ = load_records("aaf", shared("aaf"))
+    val = [r.path for r in records if r.split == "val"]
+    splits = {split["dataset"]: split for split in read_card(default_weights_path())["splits"]}
+    assert set(splits) == {"aaf", "utkface"} and splits["utkface"]["split_seed"] == 0
+    assert splits["aaf"]["protocol"] == "official" and splits["aaf"]["held_out_faces"] == len(val)
+    assert splits["aaf"]["held_out_sha256"] == held_out_fingerprint(val)
+
+
 def test_shipped_pt_weights_hold_their_card_figures_on_aaf_val(aaf_val_subset, card_floor):
     torch = require_torch()
     from agegender_ros.weights import load_model

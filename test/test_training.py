@@ -461,6 +461,66 @@ def test_resume_refuses_a_changed_recipe_or_data_and_a_corrupt_checkpoint(tmp_pa
     assert "delete it" in corrupt.stderr and "Traceback" not in corrupt.stderr
 
 
+# --- splits: which faces a run held out, kept in its card -------------------------------------------------------
+
+
+def test_split_seed_is_recorded_and_evaluate_and_init_weights_honour_it(tmp_path, morph_folder):
+    from training.cli import load_dataset
+    from training.protocols import held_out_fingerprint
+
+    data = load_dataset("morph2", str(morph_folder), "scrfd", progress=False)
+    held_out = {seed: held_out_fingerprint(data.paths[folds("kfold5", data, seed=seed)[1][2]]) for seed in (0, 2)}
+    assert held_out[0] != held_out[2]
+    common = ["train", "--dataset", "morph2", "--root", morph_folder, "--protocol", "kfold5", "--fold", "1",
+              "--epochs", "1", "--batch-size", "16", "--threads", "1", "--no-progress"]
+    first = agegender(*common, "--split-seed", "2", "--out", tmp_path / "split2")
+    assert first.returncode == 0, first.stderr
+    card = json.loads((tmp_path / "split2" / "model.json").read_text())
+    assert [(s["protocol"], s["fold"], s["split_seed"], s["held_out_sha256"]) for s in card["splits"]] == [
+        ("kfold5", 1, 2, held_out[2])]
+    # evaluate --protocol scores the fold and split the card records: the run's own held-out score, no warning.
+    weights = tmp_path / "split2" / "model.pt"
+    scored = agegender("evaluate", "--root", morph_folder, "--protocol", "kfold5", "--weights", weights, "--json")
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads(scored.stdout)
+    run = json.loads((tmp_path / "split2" / "metrics.json").read_text())["metrics"]
+    assert metrics["n"] == run["n"] and metrics["mae"] == pytest.approx(run["mae"], abs=1e-4)
+    assert metrics["seen_in_training"] == [] and "split seed 2" in metrics["faces"] and "warning" not in scored.stderr
+    other = agegender("evaluate", "--root", morph_folder, "--protocol", "kfold5", "--split-seed", "0",
+                      "--weights", weights, "--json")
+    assert other.returncode == 0 and json.loads(other.stdout)["seen_in_training"]
+    assert "warning: the weights trained on morph2 kfold5 fold1 (split seed 2)" in other.stderr
+    everything = agegender("evaluate", "--root", morph_folder, "--weights", weights, "--json")
+    assert "may hold its training side" in everything.stderr
+    # Fine-tuning from those weights on a split that holds out faces they trained on is refused ...
+    refused = agegender(*common, "--init-weights", weights, "--out", tmp_path / "refused")
+    assert refused.returncode == 2 and "some faces this run holds out were trained on" in refused.stderr
+    assert "--split-seed" in refused.stderr and not (tmp_path / "refused" / "model.pt").exists()
+    # ... unless asked for; then both splits are in the card. --seed alone leaves the split at split seed 0.
+    allowed = agegender(*common, "--seed", "5", "--init-weights", weights, "--allow-split-mismatch",
+                        "--out", tmp_path / "allowed")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "--allow-split-mismatch" in allowed.stderr
+    splits = json.loads((tmp_path / "allowed" / "model.json").read_text())["splits"]
+    assert [(s["split_seed"], s["held_out_sha256"]) for s in splits] == [(0, held_out[0]), (2, held_out[2])]
+
+
+def test_cards_written_before_splits_were_recorded_give_their_seed_as_the_split_seed():
+    from training.protocols import split_conflicts, trained_splits
+
+    card = {"training_data": "aaf:official:official (6637 train / 6685 held out) + utkface:random80:random80 "
+                             "(15082 train / 3770 held out)", "recipe": {"seed": 1}}
+    splits = trained_splits(card)
+    assert [(s["dataset"], s["protocol"], s["fold_name"], s["split_seed"]) for s in splits] == [
+        ("aaf", "official", "official", 1), ("utkface", "random80", "random80", 1)]
+    asked = {"dataset": "utkface", "protocol": "random80", "fold_name": "random80", "split_seed": 0,
+             "held_out_sha256": "0123456789abcdef"}
+    assert len(split_conflicts(splits, asked)) == 1
+    assert split_conflicts(splits, {**asked, "split_seed": 1}) == []
+    assert split_conflicts(splits, {**asked, "dataset": "aaf", "protocol": "official", "fold_name": "official"}) == []
+    assert trained_splits({"training_data": "morph2:lopo:subject-001"})[0]["fold_name"] == "subject-001"
+
+
 # --- labels that are missing: CelebA's ages, unlabelled faces --------------------------------------------------
 
 

@@ -85,7 +85,13 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         "label (default: --distill-weight)")
     parser.add_argument("--init-weights", default="", help="start from these weights (pretraining + fine-tuning, "
                         "e.g. FG-NET LOPO folds fine-tuned from a model trained on another dataset)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="initialisation, augmentation and sampling order (not "
+                        "which faces are held out: --split-seed)")
+    parser.add_argument("--split-seed", type=int, default=0, help="the seed of random80's and the k-folds' split "
+                        "(recorded in the model card, where `evaluate` and `--init-weights` read it)")
+    parser.add_argument("--allow-split-mismatch", action="store_true", help="with --init-weights: train even though "
+                        "those weights trained on a split of one of this run's datasets that holds out other faces "
+                        "(only right when the two folders hold different photos)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -167,6 +173,31 @@ def pick_fold(name: str, data, protocol: str, fold: int, seed: int) -> tuple[str
     return fold_list[fold]
 
 
+def inherited_splits(args, splits: list[dict]) -> list[dict]:
+    """The splits the --init-weights trained on, after refusing weights that trained on faces this run holds out
+    (the held-out scores would be optimistic, silently)."""
+    from agegender_ros.weights import WeightsError, read_card
+
+    from .protocols import split_conflicts, trained_splits
+
+    if not args.init_weights:
+        return []
+    try:
+        inherited = trained_splits(read_card(args.init_weights))
+    except WeightsError as error:
+        raise CommandError(f"--init-weights: {error}") from error
+    for split in splits:
+        problems = split_conflicts(inherited, split)
+        if problems and not args.allow_split_mismatch:
+            raise CommandError(f"--init-weights {args.init_weights}: {'; '.join(problems)}, so some faces this run "
+                               f"holds out were trained on. Train with that split (--protocol, --fold, "
+                               f"--split-seed), or pass --allow-split-mismatch if the folders hold different photos")
+        for problem in problems:
+            print(f"warning: --init-weights {args.init_weights}: {problem} (--allow-split-mismatch)",
+                  file=sys.stderr)
+    return inherited
+
+
 def _pairs(args) -> list[tuple[str, str]]:
     datasets, roots = args.dataset, args.root
     if datasets is None:
@@ -179,18 +210,21 @@ def _pairs(args) -> list[tuple[str, str]]:
 def cmd_train(args) -> int:
     from .cache import concatenate
     from .datasets import DATASETS
-    from .protocols import DEFAULT_PROTOCOL
+    from .protocols import DEFAULT_PROTOCOL, merge_splits, split_record
     from .train import train
 
     config = config_from_args(args)
-    train_parts, val_parts, names = [], [], []
+    train_parts, val_parts, names, splits = [], [], [], []
     for name, root in _pairs(args):
         data = load_dataset(name, root, args.detector, args.gender_file, not args.no_progress)
         protocol = args.protocol or DEFAULT_PROTOCOL[name]
-        fold_name, train_index, test_index = pick_fold(name, data, protocol, args.fold, args.seed)
+        fold_name, train_index, test_index = pick_fold(name, data, protocol, args.fold, args.split_seed)
         train_parts.append(data.subset(train_index))
         val_parts.append(data.subset(test_index))
         names.append(f"{name}:{protocol}:{fold_name}")
+        splits.append(split_record(name, protocol, args.fold, fold_name, args.split_seed, data, train_index,
+                                   test_index))
+    splits = merge_splits(splits, inherited_splits(args, splits))
     unseen = []
     for item in args.unseen or []:
         name, _, root = item.partition("=")
@@ -207,6 +241,7 @@ def cmd_train(args) -> int:
                        f"({', '.join(name for name, _ in _pairs(args))}); do not use commercially."
                        + "".join(f" Distilled from teacher {t.name} ({t.licence}), which learned from {t.saw}."
                                  for t in teachers),
+            "splits": splits,
             "detector_for_crops": args.detector,
             "recipe": recipe(config)}
     if teachers:
@@ -255,24 +290,35 @@ def cmd_evaluate(args) -> int:
 
     from .datasets import detect_dataset
     from .metrics import age_gender_metrics
+    from .protocols import describe_split, trained_splits
     from .train import predict_crops
 
     name = args.dataset or detect_dataset(args.root)
     if name is None:
         raise CommandError(f"{args.root}: cannot tell the dataset layout; pass --dataset")
-    data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json)
-    if args.protocol:
-        data = data.subset(pick_fold(name, data, args.protocol, args.fold, args.seed)[2])
-    if args.teacher:
-        if args.flip_tta or args.weights:
-            raise CommandError("--teacher scores a teacher: --weights and --flip-tta are for our models")
-        age, p_male = teacher_predictions(args.teacher, data, args.teacher_decode, args.teacher_precision,
-                                          progress=not args.json)
-    else:
+    if args.teacher and (args.flip_tta or args.weights):
+        raise CommandError("--teacher scores a teacher: --weights and --flip-tta are for our models")
+    model, trained = None, []
+    if not args.teacher:
         try:
             model, card = load_model(args.weights)
         except WeightsError as error:
             raise CommandError(str(error)) from error
+        trained = trained_splits(card)
+    data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json)
+    faces, seen = "all", [f"the weights trained on {describe_split(split)}: this folder may hold its training "
+                          f"side (--protocol {split['protocol']} scores its held-out faces only)"
+                          for split in trained if split["dataset"] == name]
+    if args.protocol:
+        split, test_index, seen = held_out_split(name, data, args, trained)
+        data = data.subset(test_index)
+        faces = f"held-out side of {describe_split(split)} (--fold {split['fold']})"
+    for problem in seen:
+        print(f"warning: {problem}", file=sys.stderr)
+    if args.teacher:
+        age, p_male = teacher_predictions(args.teacher, data, args.teacher_decode, args.teacher_precision,
+                                          progress=not args.json)
+    else:
         age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"), flip=args.flip_tta)
     metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
     out = {"n": metrics["n"], "detected": int(data.detected.sum()), "mae": metrics["mae"],
@@ -280,7 +326,7 @@ def cmd_evaluate(args) -> int:
            "failed": len(data.failed), "dataset": name, "flip_tta": args.flip_tta,
            "model": f"teacher {args.teacher} ({args.teacher_decode} age, {args.teacher_precision})" if args.teacher
            else str(args.weights or "default weights"),
-           "faces": f"held-out side of {args.protocol} fold {args.fold}" if args.protocol else "all",
+           "faces": faces, "seen_in_training": seen,
            "by_decade": metrics["mae_by_decade"]}
     if args.json:
         print(json.dumps(out))
@@ -292,6 +338,31 @@ def cmd_evaluate(args) -> int:
     for decade, row in out["by_decade"].items():
         print(f"{decade:7s} {row['n']:6d} {row['mae']:6.2f} {row['bias']:+6.2f}")
     return 0
+
+
+def held_out_split(name: str, data, args, trained: list[dict]):
+    """(split record, held-out indices, conflicts) of the fold `evaluate --protocol` scores: by
+    default the one the weights' card says they held out, so that a run trained with another split seed is not
+    scored on faces it trained on."""
+    from .protocols import folds, split_conflicts, split_record
+
+    recorded = [split for split in trained if split["dataset"] == name and split["protocol"] == args.protocol]
+    split_seed = args.split_seed if args.split_seed is not None else \
+        recorded[0]["split_seed"] if recorded else 0
+    try:
+        fold_list = folds(args.protocol, data, seed=split_seed)
+    except ValueError as error:
+        raise CommandError(f"{name}: {error}") from error
+    fold = args.fold
+    if fold is None:
+        names = [fold_name for fold_name, _, _ in fold_list]
+        fold = names.index(recorded[0]["fold_name"]) if recorded and recorded[0]["fold_name"] in names else 0
+    if not 0 <= fold < len(fold_list):
+        raise CommandError(f"--fold {fold}: protocol {args.protocol} has {len(fold_list)} folds")
+    fold_name, train_index, test_index = fold_list[fold]
+    split = split_record(name, args.protocol, fold, fold_name, split_seed, data, train_index, test_index)
+    seen = [f"{problem}: some of the faces scored were trained on" for problem in split_conflicts(trained, split)]
+    return split, test_index, seen
 
 
 def teacher_predictions(name: str, data, decode: str = "expected", precision: str = "float32",
@@ -327,7 +398,7 @@ def cmd_protocol(args) -> int:
     from agegender_ros.model import count_parameters, create_model
 
     from .metrics import mae_by_decade, mean_over_folds
-    from .protocols import DEFAULT_PROTOCOL, folds
+    from .protocols import DEFAULT_PROTOCOL, folds, merge_splits, split_record
     from .train import train
 
     started = time.time()
@@ -336,14 +407,18 @@ def cmd_protocol(args) -> int:
         raise CommandError("--dataset is required")
     data = load_dataset(args.dataset, args.root, args.detector, args.gender_file, not args.no_progress)
     protocol = args.protocol or DEFAULT_PROTOCOL[args.dataset]
-    fold_list = folds(protocol, data, seed=args.seed)[: args.max_folds]
+    fold_list = folds(protocol, data, seed=args.split_seed)[: args.max_folds]
+    splits = [split_record(args.dataset, protocol, fold, fold_name, args.split_seed, data, train_index, test_index)
+              for fold, (fold_name, train_index, test_index) in enumerate(fold_list)]
+    inherited = inherited_splits(args, splits)
     out = Path(args.out)
     per_fold = []
     true_ages, predicted_ages = [], []
-    for fold_name, train_index, test_index in fold_list:
+    for (fold_name, train_index, test_index), split in zip(fold_list, splits):
         try:
             result = train(config, data.subset(train_index), data.subset(test_index), out / fold_name,
-                           resume=args.resume, card={"training_data": f"{args.dataset}:{protocol}:{fold_name}"},
+                           resume=args.resume, card={"training_data": f"{args.dataset}:{protocol}:{fold_name}",
+                                                     "splits": merge_splits([split], inherited)},
                            progress=not args.no_progress)
         except ValueError as error:
             raise CommandError(f"{fold_name}: {error}") from error
@@ -358,7 +433,7 @@ def cmd_protocol(args) -> int:
         all_true, all_predicted = np.concatenate(true_ages), np.concatenate(predicted_ages)
         summary["mae_pooled"] = float(np.abs(all_predicted - all_true).mean())
         summary["mae_by_decade"] = mae_by_decade(all_true, all_predicted)
-    report = {"dataset": args.dataset, "protocol": protocol, "model": args.model,
+    report = {"dataset": args.dataset, "protocol": protocol, "split_seed": args.split_seed, "model": args.model,
               "params": count_parameters(create_model(args.model, **config.model_args())),
               "init_weights": config.init_weights or None, "epochs": config.epochs, "images": len(data),
               "wall_s": round(time.time() - started, 1), "mean": summary, "folds": per_fold}
@@ -396,8 +471,10 @@ def add_commands(sub) -> None:
     p.add_argument("--flip-tta", action="store_true", help="average each face with its mirror image")
     p.add_argument("--protocol", choices=PROTOCOLS, help="score only the held-out faces of this protocol's fold "
                    "(e.g. official: AAF val; random80: the UTKFace fifth that `train` holds out), not every image")
-    p.add_argument("--fold", type=int, default=0, help="with --protocol: which fold (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="with --protocol: the split's seed (as in train)")
+    p.add_argument("--fold", type=int, help="with --protocol: which fold (default: the one the weights' model card "
+                   "records for this dataset and protocol, else 0)")
+    p.add_argument("--split-seed", "--seed", type=int, dest="split_seed", help="with --protocol: the split's seed "
+                   "(default: the one the weights' model card records, else 0)")
     p.add_argument("--teacher", help="score a registered distillation teacher (e.g. hse-faceres-deep) instead of "
                    "weights, with its own preprocessing from the photo and the face box our pipeline found")
     p.add_argument("--teacher-decode", default="expected", choices=["expected", "top2"],

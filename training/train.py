@@ -616,7 +616,9 @@ def load_checkpoint(path: Path, config: TrainConfig, data: PreprocessedSet, devi
                          "start this run over") from error
     differences = recipe_differences(saved_recipe, recipe(config))
     if "data" in state and state["data"] != data_fingerprint(data):
-        differences.append(f"training faces: {state['data']} in the checkpoint, {data_fingerprint(data)} now")
+        differences.append(f"training faces: {state['data']} in the checkpoint, {data_fingerprint(data)} now (a "
+                           "fold's faces follow the datasets, --protocol, --fold and --split-seed; runs made before "
+                           "--split-seed existed drew their split with --seed)")
     if differences:
         raise ValueError(f"--resume {path}: this run's recipe differs from the checkpoint's, so resuming would mix "
                          f"two recipes ({'; '.join(differences)}); use another --out or delete the checkpoint")
