@@ -63,8 +63,17 @@ class PaperNet(AgeGenderModel):
 
     heads = HEADS
 
-    def __init__(self, dropout: float = 0.2, ensemble_weights: dict[str, float] | None = None, age_bins: int = 0):
+    def __init__(self, dropout: float = 0.2, ensemble_weights: dict[str, float] | None = None, age_bins: int = 0,
+                 width: float = 1.0):
         super().__init__(ensemble_weights)
+        # width multiplies every layer's channels (1: the paper's ~99.2k-parameter net; 2: about 4x the parameters
+        # and FLOPs), for capacity studies. The default weights use 1.
+        if not width > 0:
+            raise ValueError(f"width must be positive, got {width}")
+
+        def ch(channels: int) -> int:
+            return max(1, int(round(channels * width)))
+
         # age_bins = 0: each age output is one regressed value. age_bins = K: each age output is the expectation of
         # a softmax over K age bins (label-distribution learning); still one age per head, so the paper's six
         # outputs stay, and the trainer also sees each head's bin logits (`<head>_age_logits`).
@@ -74,46 +83,47 @@ class PaperNet(AgeGenderModel):
             self.register_buffer("age_bin_centres", age_bin_centres(age_bins), persistent=False)
         # Three stems that see the face differently: fine detail, wider context, and a dilated view with a 5x5
         # reach at 3x3 cost. All stride 2: the budget of <= 60 MFLOP per face needs early downsampling.
-        self.stem_fine = ConvBNAct(3, 16, 3, stride=2)
-        self.stem_wide = ConvBNAct(3, 16, 5, stride=2)
-        self.stem_dilated = ConvBNAct(3, 16, 3, stride=2, dilation=2)
-        stem_channels = 48
+        self.stem_fine = ConvBNAct(3, ch(16), 3, stride=2)
+        self.stem_wide = ConvBNAct(3, ch(16), 5, stride=2)
+        self.stem_dilated = ConvBNAct(3, ch(16), 3, stride=2, dilation=2)
+        stem_channels = 3 * ch(16)
 
         # Low-level branch: 6 convolutions straight on the stem features, then FC -> (age, gender).
         self.low_level = nn.Sequential(
-            ConvBNAct(stem_channels, 16, 3, stride=2),  # 16x16
-            ConvBNAct(16, 16, 3),
-            ConvBNAct(16, 24, 3, stride=2),  # 8x8
-            ConvBNAct(24, 24, 3),
-            ConvBNAct(24, 32, 3, stride=2),  # 4x4
-            ConvBNAct(32, 32, 1),
+            ConvBNAct(stem_channels, ch(16), 3, stride=2),  # 16x16
+            ConvBNAct(ch(16), ch(16), 3),
+            ConvBNAct(ch(16), ch(24), 3, stride=2),  # 8x8
+            ConvBNAct(ch(24), ch(24), 3),
+            ConvBNAct(ch(24), ch(32), 3, stride=2),  # 4x4
+            ConvBNAct(ch(32), ch(32), 1),
         )
-        self.low_head = nn.Linear(32, age_width + 1)
+        self.low_head = nn.Linear(ch(32), age_width + 1)
 
-        self.shared = ConvBNAct(stem_channels, 24, 3, stride=2)  # 16x16
+        self.shared = ConvBNAct(stem_channels, ch(24), 3, stride=2)  # 16x16
         # Gender is the easier task: a shallow branch.
-        self.gender_branch = nn.Sequential(ConvBNAct(24, 24, 3, stride=2), ConvBNAct(24, 24, 3))  # 8x8
-        self.gender_virtual = nn.Linear(24, 1)
+        self.gender_branch = nn.Sequential(ConvBNAct(ch(24), ch(24), 3, stride=2),  # 8x8
+                                           ConvBNAct(ch(24), ch(24), 3))
+        self.gender_virtual = nn.Linear(ch(24), 1)
         # Age is harder: more convolutions.
         self.age_branch = nn.Sequential(
-            ConvBNAct(24, 24, 3),
-            ConvBNAct(24, 32, 3, stride=2),  # 8x8
-            ConvBNAct(32, 32, 3),
-            ConvBNAct(32, 32, 3),
+            ConvBNAct(ch(24), ch(24), 3),
+            ConvBNAct(ch(24), ch(32), 3, stride=2),  # 8x8
+            ConvBNAct(ch(32), ch(32), 3),
+            ConvBNAct(ch(32), ch(32), 3),
         )
-        self.age_virtual = nn.Linear(32, age_width)
+        self.age_virtual = nn.Linear(ch(32), age_width)
 
         # Top: fuse both branches with a few simple convs, dropout and fully connected layers.
         self.top = nn.Sequential(
-            ConvBNAct(56, 44, 1),
-            ConvBNAct(44, 40, 3, stride=2),  # 4x4
+            ConvBNAct(ch(24) + ch(32), ch(44), 1),
+            ConvBNAct(ch(44), ch(40), 3, stride=2),  # 4x4
         )
         self.top_fc = nn.Sequential(
             nn.Dropout(dropout),
-            nn.Linear(40, 32),
+            nn.Linear(ch(40), ch(32)),
             nn.LeakyReLU(0.1, inplace=True),
             nn.Dropout(dropout / 2),
-            nn.Linear(32, age_width + 1),
+            nn.Linear(ch(32), age_width + 1),
         )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -264,6 +264,26 @@ def test_label_distribution_model_keeps_six_outputs_and_the_parameter_budget():
     assert "final_age_distribution" in parts and torch.isfinite(loss)
 
 
+def test_width_scales_the_paper_net_and_its_card_rebuilds_it(tmp_path, morph_folder):
+    from agegender_ros.model import count_parameters, create_model
+    from agegender_ros.weights import load_model, save_weights
+
+    paper, wide = create_model("paper", age_bins=12), create_model("paper", age_bins=12, width=2).eval()
+    assert 3.5 < count_parameters(wide) / count_parameters(paper) < 4.5  # channels x2: parameters about x4
+    outputs = wide(torch.rand(2, 3, 64, 64))
+    assert set(outputs) == set(paper.eval()(torch.rand(2, 3, 64, 64)))
+    config = TrainConfig(age_bins=12, width=2.0)
+    assert config.model_args() == {"age_bins": 12, "width": 2.0} and TrainConfig().model_args() == {}
+    save_weights(wide, tmp_path / "wide.pt", {"architecture": "paper", "model_args": config.model_args()})
+    loaded, _ = load_model(tmp_path / "wide.pt")
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(loaded(x)["final_age"], wide(x)["final_age"])
+    with pytest.raises(ValueError, match="width is an option of the paper net"):
+        TrainConfig(model="ssrnet", width=2.0).model_args()
+    bad = agegender("train", "--dataset", "morph2", "--root", morph_folder, "--width", "0", "--out", tmp_path / "r")
+    assert bad.returncode == 2 and "--width: expected a positive channel multiplier" in bad.stderr
+
+
 def test_camera_augmentation_is_seeded_and_changes_faces():
     crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 80, 80, 3), dtype=np.uint8))
     first = augment_batch(crops, torch.Generator().manual_seed(5), True, camera=True)

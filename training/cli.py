@@ -51,6 +51,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--age-bins", type=int, default=defaults.age_bins,
                         help="paper net: predict each age as a distribution over this many bins, trained with a "
                         "label-distribution loss plus L1 (0: plain L1 regression, as the paper)")
+    parser.add_argument("--width", type=float, default=defaults.width,
+                        help="paper net: multiply every layer's channels (1: the paper's ~99.2k parameters; 2: about "
+                        "4x the parameters and FLOPs), for capacity studies")
     parser.add_argument("--age-balance", type=float, default=defaults.age_balance,
                         help="sample faces with probability (faces in their 5-year age bin)^-P: 0 = each face once "
                         "per epoch, 1 = every age bin equally often")
@@ -129,16 +132,24 @@ def config_from_args(args):
             raise CommandError(f"--teacher {teacher}: {error}") from error
     if not 0.0 <= args.age_balance <= 1.0:
         raise CommandError(f"--age-balance: expected a power between 0 and 1, got {args.age_balance}")
-    return TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
-                       camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p, age_bins=args.age_bins,
-                       age_balance=args.age_balance, seed=args.seed, threads=args.threads, device=args.device,
-                       init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
-                       distill_gender_weight=args.distill_gender_weight,
-                       teacher_precision=args.teacher_precision, teacher_skip=args.teacher_skip,
-                       teacher_calibration=args.teacher_calibration, distill_age_mix=args.distill_age_mix,
-                       teacher_calibration_reference=args.teacher_calibration_reference,
-                       distill_age_distribution=not args.no_distill_age_distribution)
+    if not args.width > 0:
+        raise CommandError(f"--width: expected a positive channel multiplier, got {args.width}")
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
+                         camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p, age_bins=args.age_bins,
+                         width=args.width, age_balance=args.age_balance, seed=args.seed, threads=args.threads,
+                         device=args.device,
+                         init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
+                         distill_gender_weight=args.distill_gender_weight,
+                         teacher_precision=args.teacher_precision, teacher_skip=args.teacher_skip,
+                         teacher_calibration=args.teacher_calibration, distill_age_mix=args.distill_age_mix,
+                         teacher_calibration_reference=args.teacher_calibration_reference,
+                         distill_age_distribution=not args.no_distill_age_distribution)
+    try:
+        config.model_args()
+    except ValueError as error:  # an option the chosen model does not have
+        raise CommandError(str(error)) from error
+    return config
 
 
 def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):

@@ -64,6 +64,7 @@ class TrainConfig:
     # smears the margin of that fraction of every dataset's faces, as if they too came from a tight chip.
     tight_crop_p: float = 0.0
     age_bins: int = 0  # paper net only: 0 = regress each age (L1); K = label distribution over K bins (+ L1)
+    width: float = 1.0  # paper net only: channel multiplier (1 = the paper's ~99.2k parameters; capacity studies)
     age_sigma: float = 0.0  # label distribution width in years (0: the bin spacing)
     label_distribution_weight: float = 1.0  # weight of the distribution loss next to each head's age L1
     # Sample each face with probability proportional to (faces in its 5-year age bin)^-age_balance: 0 = every face
@@ -111,7 +112,10 @@ class TrainConfig:
         if self.age_bins and self.model != "paper":
             raise ValueError(f"age bins (label-distribution learning) are an option of the paper net, not of "
                              f"{self.model!r}")
-        return {"age_bins": self.age_bins} if self.age_bins else {}
+        if self.width != 1.0 and self.model != "paper":
+            raise ValueError(f"width is an option of the paper net, not of {self.model!r}")
+        return {**({"age_bins": self.age_bins} if self.age_bins else {}),
+                **({"width": self.width} if self.width != 1.0 else {})}
 
 
 # --------------------------------------------------------------------------------------------------------------
