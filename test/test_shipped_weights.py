@@ -36,7 +36,7 @@ def score(records, ages, p_male):
     return float(np.mean(np.abs(np.asarray(ages) - true_age))), float(np.mean((np.asarray(p_male) >= 0.5) == male))
 
 
-def test_shipped_card_records_the_aaf_faces_it_held_out(aaf_val_subset):
+def test_shipped_card_records_the_aaf_faces_it_held_out():
     # `evaluate --protocol official` and `train --init-weights` read this record: it must name AAF val exactly.
     from agegender_ros.weights import default_weights_path, read_card
     from training.datasets import load_records
