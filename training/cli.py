@@ -317,13 +317,14 @@ def cmd_evaluate(args) -> int:
             raise CommandError(str(error)) from error
         trained = trained_splits(card)
     data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json)
-    faces, seen = "all", [f"the weights trained on {describe_split(split)}: this folder may hold its training "
-                          f"side (--protocol {split['protocol']} scores its held-out faces only)"
-                          for split in trained if split["dataset"] == name]
     if args.protocol:
         split, test_index, seen = held_out_split(name, data, args, trained)
         data = data.subset(test_index)
         faces = f"held-out side of {describe_split(split)} (--fold {split['fold']})"
+    else:
+        faces, seen = "all", [f"the weights trained on {describe_split(split)}: this folder may hold its training "
+                              f"side (--protocol {split['protocol']} scores its held-out faces only)"
+                              for split in trained if split["dataset"] == name]
     for problem in seen:
         print(f"warning: {problem}", file=sys.stderr)
     if args.teacher:
