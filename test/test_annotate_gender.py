@@ -191,6 +191,27 @@ def test_training_resumes_exactly_after_a_crash(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="epochs"):
         classifiers.train_classifier(other, crops, genders, crops[:6], genders[:6], tmp_path / "crashed",
                                      resume=True, progress=False)
+    # Another 80/20 split means other training faces: refused too. A checkpoint from before split_seed was kept
+    # drew its split with the training seed.
+    resplit = classifiers.ClassifierConfig(name="paper", epochs=2, batch_size=8, threads=1, split_seed=1)
+    with pytest.raises(ValueError, match="split_seed"):
+        classifiers.train_classifier(resplit, crops, genders, crops[:6], genders[:6], tmp_path / "crashed",
+                                     resume=True, progress=False)
+    assert classifiers.stored_key({"key": {"seed": 3}})["split_seed"] == 3
+
+
+def test_split_seed_alone_draws_the_fallback_split():
+    """A dataset without an official split is split 80/20 by --split-seed; --seed does not move it."""
+    from types import SimpleNamespace
+
+    from training.annotate_gender import _split
+
+    data = SimpleNamespace(paths=np.array([f"{i:03d}.jpg" for i in range(50)]), splits=np.array([""] * 50))
+    first, again, other = _split(data, 0), _split(data, 0), _split(data, 1)
+    assert len(first[1]) == 10 and not set(first[0]) & set(first[1])
+    assert np.array_equal(first[1], again[1]) and not np.array_equal(first[1], other[1])
+    official = SimpleNamespace(paths=data.paths, splits=np.array(["train"] * 40 + ["val"] * 10))
+    assert np.array_equal(_split(official, 1)[1], np.arange(40, 50))
 
 
 # --- the commands -----------------------------------------------------------------------------------------------

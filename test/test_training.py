@@ -19,7 +19,7 @@ from training import cache as cache_module
 from training.datasets import load_records
 from training.protocols import folds
 from training.train import TrainConfig, augment_batch, multitask_loss
-from agegender_ros.model import normalise_crops_tensor
+from agegender_ros.model import age_bin_centres, create_model, normalise_crops_tensor
 
 
 @pytest.fixture(scope="session")
@@ -188,6 +188,11 @@ def test_protocol_and_report_commands(tmp_path, morph_folder):
     assert "Paper's numbers for morph2" in result.stdout  # quoted beside the runs of that dataset
     for plot in ("ca_curve.png", "mae_by_age.png", "gender_confusion.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000
+    # A protocol the dataset cannot follow (MORPH-II has no official split) is a one-line error, not a traceback.
+    unsplit = agegender("protocol", "--dataset", "morph2", "--root", morph_folder, "--protocol", "official",
+                        "--epochs", "1", "--no-progress", "--out", tmp_path / "official")
+    assert unsplit.returncode == 2 and unsplit.stderr.startswith("error: morph2:"), unsplit.stderr
+    assert "Traceback" not in unsplit.stderr
 
 
 def test_init_weights_must_match_the_model(tmp_path, morph_folder, random_weights):
@@ -241,7 +246,7 @@ def test_reader_catches_a_truncated_jpeg_that_opencv_decodes(tmp_path, monkeypat
 
 
 def test_label_distribution_model_keeps_six_outputs_and_the_parameter_budget():
-    from agegender_ros.model import count_parameters, create_model
+    from agegender_ros.model import count_parameters
     from training.train import distribution_loss, label_distribution
 
     def label_distribution_loss(logits, ages):
@@ -265,7 +270,7 @@ def test_label_distribution_model_keeps_six_outputs_and_the_parameter_budget():
 
 
 def test_width_scales_the_paper_net_and_its_card_rebuilds_it(tmp_path, morph_folder):
-    from agegender_ros.model import count_parameters, create_model
+    from agegender_ros.model import count_parameters
     from agegender_ros.weights import load_model, save_weights
 
     paper, wide = create_model("paper", age_bins=12), create_model("paper", age_bins=12, width=2).eval()
@@ -438,6 +443,33 @@ def test_teacher_age_distribution_mixes_into_the_label_distribution():
     assert plain["final_age_distribution"] == pytest.approx(float(label_only), rel=1e-5)
 
 
+def test_a_weight_file_teacher_gives_its_age_distribution_on_the_students_bins():
+    """A wider net of ours as teacher: its heads' bin probabilities, weighted as its age weighs them, so the
+    distribution's expectation is its predicted age, also after sharing them out onto a student's other bins."""
+    from training.train import batch_teacher_targets, online_teacher_targets
+
+    torch.manual_seed(0)
+    teacher = create_model("paper", age_bins=12, width=2).eval()
+    x = torch.randn(6, 3, 64, 64)
+    age, p_male, _ = teacher.predict(x)
+    for bins in (12, 7):
+        taught_age, taught_p, distribution = online_teacher_targets([teacher], x, bins)
+        assert torch.allclose(taught_age, age) and torch.allclose(taught_p, p_male)
+        assert distribution.shape == (6, bins) and torch.allclose(distribution.sum(1), torch.ones(6), atol=1e-5)
+        assert torch.allclose((distribution * age_bin_centres(bins)).sum(1), age, atol=1e-3)
+    assert len(online_teacher_targets([teacher], x, 0)) == 2  # a student without bins learns the ages only
+    regressor = create_model("paper").eval()  # no bins: no distribution, so none from the pair either
+    assert len(online_teacher_targets([teacher, regressor], x, 12)) == 2
+    # With a registered teacher's cached answers too: one share per teacher, the distribution included.
+    cached = (torch.full((10,), 20.0), torch.ones(10), torch.full((10, 12), 1 / 12))
+    index = torch.arange(2, 8)
+    mixed = batch_teacher_targets([teacher], x, cached, index, 12)
+    own = online_teacher_targets([teacher], x, 12)
+    assert len(mixed) == 3 and torch.allclose(mixed[0], (20.0 + own[0]) / 2)
+    assert torch.allclose(mixed[2], (cached[2][index] + own[2]) / 2)
+    assert len(batch_teacher_targets([regressor], x, cached, index, 12)) == 2
+
+
 def test_distilled_training_runs_from_the_cli(tmp_path, morph_folder, random_weights):
     common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "1", "--batch-size", "8",
               "--threads", "1", "--no-progress"]
@@ -445,6 +477,10 @@ def test_distilled_training_runs_from_the_cli(tmp_path, morph_folder, random_wei
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["teacher"] == f"{random_weights},{random_weights}" and config["distill_weight"] == 0.5
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert [t["name"] for t in card["teachers"]] == [str(random_weights)] * 2
+    assert card["teachers"][0]["distilled"] == "age, P(male), on each augmented batch"  # no age bins here
+    assert f"Distilled from our own weights {random_weights}" in card["licence"]
     missing = agegender(*common, "--teacher", tmp_path / "nope.pt", "--out", tmp_path / "bad")
     assert missing.returncode == 2 and f"--teacher {tmp_path / 'nope.pt'}: no such weight file" in missing.stderr
 
@@ -523,6 +559,14 @@ def test_split_seed_is_recorded_and_evaluate_and_init_weights_honour_it(tmp_path
     assert "--allow-split-mismatch" in allowed.stderr
     splits = json.loads((tmp_path / "allowed" / "model.json").read_text())["splits"]
     assert [(s["split_seed"], s["held_out_sha256"]) for s in splits] == [(0, held_out[0]), (2, held_out[2])]
+    # A weight-file teacher leaks its training faces through its answers: the same check, the same override.
+    taught = agegender(*common, "--teacher", weights, "--out", tmp_path / "taught")
+    assert taught.returncode == 2 and f"--teacher {weights}: the weights trained on morph2 kfold5" in taught.stderr
+    assert not (tmp_path / "taught" / "model.pt").exists()
+    own_split = agegender(*common, "--split-seed", "2", "--teacher", weights, "--out", tmp_path / "taught")
+    assert own_split.returncode == 0, own_split.stderr
+    card = json.loads((tmp_path / "taught" / "model.json").read_text())
+    assert [s["split_seed"] for s in card["splits"]] == [2] and card["teachers"][0]["name"] == str(weights)
 
 
 def test_cards_written_before_splits_were_recorded_give_their_seed_as_the_split_seed():

@@ -171,41 +171,56 @@ def load_dataset(name: str, root: str, detector: str, gender_file: str | None = 
     return data
 
 
-def pick_fold(name: str, data, protocol: str, fold: int, seed: int) -> tuple[str, list[int], list[int]]:
-    """(fold name, train indices, test indices) of one fold of a protocol, as `train` and `evaluate` select it."""
+def protocol_folds(name: str, data, protocol: str, seed: int) -> list[tuple[str, list[int], list[int]]]:
+    """Every fold of a protocol on a dataset; a protocol the dataset cannot follow (e.g. no official split) is a
+    one-line error naming both."""
     from .protocols import folds
 
     try:
-        fold_list = folds(protocol, data, seed=seed)
+        return folds(protocol, data, seed=seed)
     except ValueError as error:
         raise CommandError(f"{name}: {error}") from error
+
+
+def pick_fold(name: str, data, protocol: str, fold: int | None, seed: int,
+              default_fold_name: str = "") -> tuple[int, str, list[int], list[int]]:
+    """(fold, fold name, train indices, test indices) of one fold of a protocol, as `train` and `evaluate` select
+    it; fold None: the fold named default_fold_name if the protocol has it, else the first."""
+    fold_list = protocol_folds(name, data, protocol, seed)
+    if fold is None:
+        names = [fold_name for fold_name, _, _ in fold_list]
+        fold = names.index(default_fold_name) if default_fold_name in names else 0
     if not 0 <= fold < len(fold_list):
         raise CommandError(f"--fold {fold}: protocol {protocol} has {len(fold_list)} folds")
-    return fold_list[fold]
+    return (fold, *fold_list[fold])
 
 
 def inherited_splits(args, splits: list[dict]) -> list[dict]:
-    """The splits the --init-weights trained on, after refusing weights that trained on faces this run holds out
-    (the held-out scores would be optimistic, silently)."""
+    """The splits that the --init-weights and the weight-file teachers (--teacher W.pt) trained on, after refusing
+    any that trained on faces this run holds out: the held-out scores would be optimistic, silently (a teacher
+    leaks its training faces through its answers as init weights do through their filters)."""
     from agegender_ros.weights import WeightsError, read_card
 
-    from .protocols import split_conflicts, trained_splits
+    from .protocols import merge_splits, split_conflicts, trained_splits
+    from .train import teacher_paths
 
-    if not args.init_weights:
-        return []
-    try:
-        inherited = trained_splits(read_card(args.init_weights))
-    except WeightsError as error:
-        raise CommandError(f"--init-weights: {error}") from error
-    for split in splits:
-        problems = split_conflicts(inherited, split)
-        if problems and not args.allow_split_mismatch:
-            raise CommandError(f"--init-weights {args.init_weights}: {'; '.join(problems)}, so some faces this run "
-                               f"holds out were trained on. Train with that split (--protocol, --fold, "
-                               f"--split-seed), or pass --allow-split-mismatch if the folders hold different photos")
-        for problem in problems:
-            print(f"warning: --init-weights {args.init_weights}: {problem} (--allow-split-mismatch)",
-                  file=sys.stderr)
+    sources = [("--init-weights", args.init_weights)] if args.init_weights else []
+    sources += [("--teacher", path) for path in teacher_paths(getattr(args, "teacher", "") or "")]
+    inherited: list[dict] = []
+    for option, path in sources:
+        try:
+            trained = trained_splits(read_card(path))
+        except WeightsError as error:
+            raise CommandError(f"{option}: {error}") from error
+        for split in splits:
+            problems = split_conflicts(trained, split)
+            if problems and not args.allow_split_mismatch:
+                raise CommandError(f"{option} {path}: {'; '.join(problems)}, so some faces this run holds out "
+                                   f"were trained on. Train with that split (--protocol, --fold, --split-seed), "
+                                   f"or pass --allow-split-mismatch if the folders hold different photos")
+            for problem in problems:
+                print(f"warning: {option} {path}: {problem} (--allow-split-mismatch)", file=sys.stderr)
+        inherited = merge_splits(inherited, trained)
     return inherited
 
 
@@ -229,7 +244,7 @@ def cmd_train(args) -> int:
     for name, root in _pairs(args):
         data = load_dataset(name, root, args.detector, args.gender_file, not args.no_progress)
         protocol = args.protocol or DEFAULT_PROTOCOL[name]
-        fold_name, train_index, test_index = pick_fold(name, data, protocol, args.fold, args.split_seed)
+        _, fold_name, train_index, test_index = pick_fold(name, data, protocol, args.fold, args.split_seed)
         train_parts.append(data.subset(train_index))
         val_parts.append(data.subset(test_index))
         names.append(f"{name}:{protocol}:{fold_name}")
@@ -242,16 +257,21 @@ def cmd_train(args) -> int:
         if name not in DATASETS or not root:
             raise CommandError(f"--unseen {item!r}: expected DATASET=ROOT with DATASET one of {', '.join(DATASETS)}")
         unseen.append((name, root))
+    from agegender_ros.weights import read_card
+
     from .teachers import spec_for
-    from .train import recipe, registered_teachers
+    from .train import recipe, registered_teachers, teacher_paths
 
     teachers = [spec_for(name) for name in registered_teachers(config.teacher)]
+    weight_teachers = [(path, read_card(path)) for path in teacher_paths(config.teacher)]  # read: inherited_splits
     card = {"training_data": " + ".join(f"{n} ({len(t)} train / {len(v)} held out)"
                                         for n, t, v in zip(names, train_parts, val_parts)),
             "licence": "Research use only: trained on datasets released for non-commercial research "
                        f"({', '.join(name for name, _ in _pairs(args))}); do not use commercially."
                        + "".join(f" Distilled from teacher {t.name} ({t.licence}), which learned from {t.saw}."
-                                 for t in teachers),
+                                 for t in teachers)
+                       + "".join(f" Distilled from our own weights {path}, whose card says: {c.get('licence', '?')}"
+                                 for path, c in weight_teachers),
             "splits": splits,
             "detector_for_crops": args.detector,
             "recipe": recipe(config)}
@@ -262,6 +282,16 @@ def cmd_train(args) -> int:
                              "distilled": "age, age distribution, P(male)"
                              if config.age_bins and config.distill_age_distribution else "age, P(male)"}
                             for t in teachers]
+    # The age distribution is learned only when every teacher gives one (training/train.py: batch_teacher_targets).
+    distributions = bool(config.age_bins and config.distill_age_distribution and all(
+        (c.get("model_args") or {}).get("age_bins") for _, c in weight_teachers))
+    card["teachers"] = card.get("teachers", []) + [
+        {"name": path, "architecture": c.get("architecture"), "model_args": c.get("model_args", {}),
+         "params": c.get("params"), "trained_on": c.get("training_data"), "licence": c.get("licence"),
+         "distilled": f"age, {'age distribution, ' if distributions else ''}P(male), on each augmented batch"}
+        for path, c in weight_teachers]
+    if not card["teachers"]:
+        del card["teachers"]
     from agegender_ros.weights import WeightsError, load_model, update_card
 
     try:
@@ -356,22 +386,13 @@ def held_out_split(name: str, data, args, trained: list[dict]):
     """(split record, held-out indices, conflicts) of the fold `evaluate --protocol` scores: by
     default the one the weights' card says they held out, so that a run trained with another split seed is not
     scored on faces it trained on."""
-    from .protocols import folds, split_conflicts, split_record
+    from .protocols import split_conflicts, split_record
 
     recorded = [split for split in trained if split["dataset"] == name and split["protocol"] == args.protocol]
     split_seed = args.split_seed if args.split_seed is not None else \
         recorded[0]["split_seed"] if recorded else 0
-    try:
-        fold_list = folds(args.protocol, data, seed=split_seed)
-    except ValueError as error:
-        raise CommandError(f"{name}: {error}") from error
-    fold = args.fold
-    if fold is None:
-        names = [fold_name for fold_name, _, _ in fold_list]
-        fold = names.index(recorded[0]["fold_name"]) if recorded and recorded[0]["fold_name"] in names else 0
-    if not 0 <= fold < len(fold_list):
-        raise CommandError(f"--fold {fold}: protocol {args.protocol} has {len(fold_list)} folds")
-    fold_name, train_index, test_index = fold_list[fold]
+    fold, fold_name, train_index, test_index = pick_fold(name, data, args.protocol, args.fold, split_seed,
+                                                         recorded[0]["fold_name"] if recorded else "")
     split = split_record(name, args.protocol, fold, fold_name, split_seed, data, train_index, test_index)
     seen = [f"{problem}: some of the faces scored were trained on" for problem in split_conflicts(trained, split)]
     return split, test_index, seen
@@ -410,7 +431,7 @@ def cmd_protocol(args) -> int:
     from agegender_ros.model import count_parameters, create_model
 
     from .metrics import mae_by_decade, mean_over_folds
-    from .protocols import DEFAULT_PROTOCOL, folds, merge_splits, split_record
+    from .protocols import DEFAULT_PROTOCOL, merge_splits, split_record
     from .train import train
 
     started = time.time()
@@ -419,7 +440,7 @@ def cmd_protocol(args) -> int:
         raise CommandError("--dataset is required")
     data = load_dataset(args.dataset, args.root, args.detector, args.gender_file, not args.no_progress)
     protocol = args.protocol or DEFAULT_PROTOCOL[args.dataset]
-    fold_list = folds(protocol, data, seed=args.split_seed)[: args.max_folds]
+    fold_list = protocol_folds(args.dataset, data, protocol, args.split_seed)[: args.max_folds]
     splits = [split_record(args.dataset, protocol, fold, fold_name, args.split_seed, data, train_index, test_index)
               for fold, (fold_name, train_index, test_index) in enumerate(fold_list)]
     inherited = inherited_splits(args, splits)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from agegender_ros.model import (HEADS, MEAN_RGB, STD_RGB, AgeGenderModel, age_bin_centres, create_model,
-                                  normalise_crops_tensor)
+                                  ensemble, normalise_crops_tensor)
 from agegender_ros.weights import load_model, save_weights
 
 from .cache import CONTEXT, PreprocessedSet
@@ -451,35 +451,63 @@ def load_teachers(teacher: str, device: torch.device) -> list[AgeGenderModel]:
     return teachers
 
 
+def teacher_age_distribution(teacher: AgeGenderModel, outputs: dict[str, torch.Tensor],
+                             bins: int) -> torch.Tensor | None:
+    """A weight-file teacher's age distribution over a student's `bins` age bins: the mean of its heads' bin
+    probabilities, weighted as its predicted age weighs them (so the distribution's expectation is that age),
+    shared out onto the student's bins where the two networks' bins differ. None for a teacher without
+    label-distribution heads."""
+    heads = [(i, head) for i, head in enumerate(teacher.heads) if f"{head}_age_logits" in outputs]
+    if not heads:
+        return None
+    weights = teacher.ensemble_age_weights[[i for i, _ in heads]].float()
+    probs = sum(w * torch.softmax(outputs[f"{head}_age_logits"].float(), 1) for w, (_, head) in zip(weights, heads))
+    probs = probs / weights.sum()
+    if probs.shape[1] != bins:
+        from .teachers import rebin_age_distribution
+
+        rebinning = rebin_age_distribution(np.eye(probs.shape[1]), age_bin_centres(probs.shape[1]).numpy(),
+                                           age_bin_centres(bins).numpy())  # teacher bin -> student bins
+        probs = probs @ torch.from_numpy(rebinning).to(probs.device)
+    return probs
+
+
 @torch.no_grad()
-def online_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight-file teachers' mean (age, P(male)) for a batch of network inputs."""
-    predictions = [teacher.predict(x)[:2] for teacher in teachers]
-    return (torch.stack([age for age, _ in predictions]).mean(0).float(),
-            torch.stack([p for _, p in predictions]).mean(0).float())
+def online_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor,
+                           bins: int = 0) -> tuple[torch.Tensor, ...]:
+    """The weight-file teachers' mean (age, P(male)) for a batch of network inputs, and with bins (a student with
+    label-distribution heads) their mean age distribution over those bins, when every teacher has one."""
+    ages, probs, distributions = [], [], []
+    for teacher in teachers:
+        outputs = teacher(x)
+        age, p_male, _ = ensemble(outputs, teacher.heads, teacher.ensemble_age_weights,
+                                  teacher.ensemble_gender_weights)
+        ages.append(age.float()), probs.append(p_male.float())
+        distributions.append(teacher_age_distribution(teacher, outputs, bins) if bins else None)
+    mean = (torch.stack(ages).mean(0), torch.stack(probs).mean(0))
+    if not bins or any(d is None for d in distributions):
+        return mean
+    return (*mean, torch.stack(distributions).mean(0))
 
 
 def batch_teacher_targets(teachers: list[AgeGenderModel], x: torch.Tensor,
-                          cached: tuple[torch.Tensor, ...] | None, index: torch.Tensor) -> tuple | None:
+                          cached: tuple[torch.Tensor, ...] | None, index: torch.Tensor, bins: int = 0) -> tuple | None:
     """The batch's teacher (age, P(male)[, age distribution]): the cached registered teachers' answers for these
-    faces and/or the weight-file teachers run on the augmented batch, averaged per teacher; None without teachers.
-    Only the registered teachers give a distribution (CachedTeacherAnswers.distributions)."""
+    faces and/or the weight-file teachers run on the augmented batch (the view the student sees), averaged per
+    teacher. With bins, the age distribution over them where every teacher gives one (registered teachers:
+    CachedTeacherAnswers.distributions; weight files: their label-distribution heads); None without teachers."""
     answers, counts = [], []
-    distribution = cached[2][index] if cached is not None and len(cached) > 2 else None
     if cached is not None:
-        answers.append((cached[0][index], cached[1][index]))
+        answers.append(tuple(t[index] for t in cached))
         counts.append(1.0)
     if teachers:
-        answers.append(online_teacher_targets(teachers, x))
+        answers.append(online_teacher_targets(teachers, x, bins))
         counts.append(float(len(teachers)))
     if not answers:
         return None
-    if len(answers) == 1:
-        mean = answers[0]
-    else:
-        share = [c / sum(counts) for c in counts]
-        mean = (sum(w * a[0] for w, a in zip(share, answers)), sum(w * a[1] for w, a in zip(share, answers)))
-    return mean if distribution is None else (*mean, distribution)
+    share = [c / sum(counts) for c in counts]
+    parts = 3 if bins and all(len(a) > 2 for a in answers) else 2
+    return tuple(sum(w * a[k] for w, a in zip(share, answers)) for k in range(parts))
 
 
 def label_distribution(ages: torch.Tensor, bins: int, sigma: float = 0.0) -> torch.Tensor:
@@ -714,6 +742,8 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             cached = (*cached, answers.distributions(data_sources(train_set), age_bins, calibrations))
     if cached is not None:
         cached = tuple(torch.from_numpy(t).to(device) for t in cached)
+    # Age bins whose teacher distribution the student learns (0: only the teachers' ages).
+    distill_bins = getattr(model, "age_bins", 0) if config.distill_age_distribution else 0
     # Faces without an age label (CelebA) are binned by the teachers' age when balancing ages.
     known_ages = train_set.ages if cached is None else np.where(np.isfinite(train_set.ages), train_set.ages,
                                                                 cached[0].cpu().numpy())
@@ -751,7 +781,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = train_model(x)
             loss, parts = multitask_loss({k: v.float() for k, v in outputs.items()}, ages[index], genders[index],
-                                         config, batch_teacher_targets(teachers, x, cached, index))
+                                         config, batch_teacher_targets(teachers, x, cached, index, distill_bins))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

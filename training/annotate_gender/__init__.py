@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
     _validate(names)
     workdir = Path(args.workdir)
     data = load_dataset(args.dataset, args.root, args.detector, progress=not args.no_progress)
-    train_index, val_index = _split(data, args.seed)
+    train_index, val_index = _split(data, args.split_seed)
     train_set, val_set = data.subset(train_index), data.subset(val_index)
     print(f"{args.dataset}: {len(train_set)} train / {len(val_set)} val faces; classifiers: {', '.join(names)}",
           file=sys.stderr)
@@ -81,6 +81,7 @@ def cmd_train(args) -> int:
     for k, name in enumerate(names, 1):
         config = classifiers.ClassifierConfig(name=name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                               weight_decay=args.weight_decay, seed=args.seed,
+                                              split_seed=args.split_seed,
                                               augment=not args.no_augment, device=args.device, threads=args.threads)
         out_dir = classifiers.classifier_dir(workdir, name)
         if args.resume and classifiers.finished(workdir, config) and (out_dir / "metrics.json").is_file():
@@ -280,7 +281,9 @@ def add_commands(sub) -> None:
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initialisation, augmentation and sampling")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="the 80/20 train/val split of a dataset without an official one (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="keep finished classifiers and continue an interrupted one from its checkpoint")
     workdir(p)

@@ -173,16 +173,26 @@ class ClassifierConfig:
     grayscale_p: float = 0.1
     device: str = "auto"
     threads: int = 0
+    # The seed of the 80/20 split of a dataset without an official one (which faces train, which validate).
+    split_seed: int = 0
 
     # What a resumed or skipped run must share with the run that wrote the checkpoint / weights.
     IDENTITY = ("name", "epochs", "batch_size", "lr", "weight_decay", "warmup_fraction", "seed", "augment",
-                "grayscale_p")
+                "grayscale_p", "split_seed")
 
     def key(self) -> dict:
         return {k: getattr(self, k) for k in self.IDENTITY}
 
     def asdict(self) -> dict:
         return asdict(self)
+
+
+def stored_key(state: dict) -> dict:
+    """The configuration a checkpoint or weight file was written with. Those written before split_seed was kept
+    drew their split with the training seed."""
+    key = dict(state.get("key") or {})
+    key.setdefault("split_seed", key.get("seed"))
+    return key
 
 
 def classifier_dir(workdir: Path, name: str) -> Path:
@@ -195,7 +205,7 @@ def finished(workdir: Path, config: ClassifierConfig) -> bool:
     if not path.is_file():
         return False
     state = torch.load(path, map_location="cpu", weights_only=False)
-    return state.get("key") == config.key()
+    return stored_key(state) == config.key()
 
 
 @torch.no_grad()
@@ -245,8 +255,8 @@ def train_classifier(config: ClassifierConfig, train_crops: np.ndarray, train_ge
     start_epoch = 0
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["key"] != config.key():
-            changed = sorted(k for k in config.key() if state["key"].get(k) != config.key()[k])
+        if stored_key(state) != config.key():
+            changed = sorted(k for k in config.key() if stored_key(state).get(k) != config.key()[k])
             raise ValueError(f"{checkpoint_path} was written with other settings ({', '.join(changed)} differ); "
                              "train without --resume to start over")
         model.load_state_dict(state["model"])
