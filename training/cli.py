@@ -257,13 +257,16 @@ def cmd_train(args) -> int:
         if name not in DATASETS or not root:
             raise CommandError(f"--unseen {item!r}: expected DATASET=ROOT with DATASET one of {', '.join(DATASETS)}")
         unseen.append((name, root))
-    from agegender_ros.weights import read_card
+    from agegender_ros.weights import WeightsError, load_model, read_card, update_card
 
     from .teachers import spec_for
     from .train import recipe, registered_teachers, teacher_paths
 
     teachers = [spec_for(name) for name in registered_teachers(config.teacher)]
     weight_teachers = [(path, read_card(path)) for path in teacher_paths(config.teacher)]  # read: inherited_splits
+    # The age distribution is learned only when every teacher gives one (training/train.py: batch_teacher_targets).
+    distilled = "age, age distribution, P(male)" if config.age_bins and config.distill_age_distribution and all(
+        (c.get("model_args") or {}).get("age_bins") for _, c in weight_teachers) else "age, P(male)"
     card = {"training_data": " + ".join(f"{n} ({len(t)} train / {len(v)} held out)"
                                         for n, t, v in zip(names, train_parts, val_parts)),
             "licence": "Research use only: trained on datasets released for non-commercial research "
@@ -275,25 +278,15 @@ def cmd_train(args) -> int:
             "splits": splits,
             "detector_for_crops": args.detector,
             "recipe": recipe(config)}
-    if teachers:
+    if teachers or weight_teachers:
         card["teachers"] = [{"name": t.name, "package": t.package, "files": t.model_json, "licence": t.licence,
                              "trained_on": t.saw, "precision_of_its_pass": config.teacher_precision,
-                             "age_calibration": config.teacher_calibration or "none",
-                             "distilled": "age, age distribution, P(male)"
-                             if config.age_bins and config.distill_age_distribution else "age, P(male)"}
+                             "age_calibration": config.teacher_calibration or "none", "distilled": distilled}
                             for t in teachers]
-    # The age distribution is learned only when every teacher gives one (training/train.py: batch_teacher_targets).
-    distributions = bool(config.age_bins and config.distill_age_distribution and all(
-        (c.get("model_args") or {}).get("age_bins") for _, c in weight_teachers))
-    card["teachers"] = card.get("teachers", []) + [
-        {"name": path, "architecture": c.get("architecture"), "model_args": c.get("model_args", {}),
-         "params": c.get("params"), "trained_on": c.get("training_data"), "licence": c.get("licence"),
-         "distilled": f"age, {'age distribution, ' if distributions else ''}P(male), on each augmented batch"}
-        for path, c in weight_teachers]
-    if not card["teachers"]:
-        del card["teachers"]
-    from agegender_ros.weights import WeightsError, load_model, update_card
-
+        card["teachers"] += [{"name": path, "architecture": c.get("architecture"),
+                              "model_args": c.get("model_args", {}), "params": c.get("params"),
+                              "trained_on": c.get("training_data"), "licence": c.get("licence"),
+                              "distilled": f"{distilled}, on each augmented batch"} for path, c in weight_teachers]
     try:
         result = train(config, concatenate(train_parts), concatenate(val_parts), args.out, resume=args.resume,
                        card=card, progress=not args.no_progress)
