@@ -26,7 +26,7 @@ def sides(name):
     ages = teacher_targets(TEACHER, data.paths, data.boxes, "bfloat16", progress=False).ages
     if protocol is None:
         return None, (data.ages, ages)
-    _, train, test = pick_fold(name, data, protocol, 0, 0)
+    _, _, train, test = pick_fold(name, data, protocol, 0, 0)
     return (data.ages[train], ages[train]), (data.ages[test], ages[test])
 
 

@@ -28,7 +28,7 @@ BANDS = ((0, 20), (20, 40), (40, 60), (60, 120))
 data = load_dataset("utkface", "../shared/data/utkface_aligned", "scrfd", progress=False)
 model, card = (None, {}) if sys.argv[1].startswith("teacher:") else load_model(sys.argv[1])
 seeds = {split["split_seed"] for split in trained_splits(card) if split["protocol"] == "random80"}
-data = data.subset(pick_fold("utkface", data, "random80", 0, seeds.pop() if len(seeds) == 1 else 0)[2])
+data = data.subset(pick_fold("utkface", data, "random80", 0, seeds.pop() if len(seeds) == 1 else 0)[3])
 if model is None:
     answers = teacher_targets(sys.argv[1].partition(":")[2], data.paths, data.boxes, "bfloat16", progress=False)
     age, p_male = answers.ages, answers.p_male
