@@ -85,10 +85,11 @@ class TrainConfig:
     # between them learns nothing from the teacher. "target": L1 to (1 - a) x label + a x teacher, which is what
     # mixing means for the gender BCE (linear in its target) and in Hinton et al.'s cross-entropy distillation.
     distill_age_mix: str = "loss"
-    # With label-distribution age heads (age_bins), also learn each registered teacher's age distribution (its 100
-    # softmax bins, moved through the age calibration where one is set, then shared out onto our bins), mixed with
-    # the Gaussian label distribution at distill_weight: how sure the teacher is, and between which ages it
-    # hesitates, is knowledge its expected age alone does not carry.
+    # With label-distribution age heads (age_bins), also learn the teachers' age distribution (a registered
+    # teacher's 100 softmax bins, moved through the age calibration where one is set; a weight file's own bins),
+    # shared out onto our bins and mixed with the Gaussian label distribution at distill_weight: how sure the
+    # teacher is, and between which ages it hesitates, is knowledge its expected age alone does not carry. Only
+    # when every teacher has one.
     distill_age_distribution: bool = True
     # Registered teachers' pass over the training faces: bfloat16 is ~3.7x faster on CPUs with AVX-512 BF16, and
     # ~0.3 years from float32 on average, far below the teachers' own error (docs/results.md).
