@@ -726,6 +726,9 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     ages = torch.from_numpy(train_set.ages).to(device)
     genders = torch.from_numpy(train_set.genders.astype(np.int64)).to(device)
     teachers = load_teachers(config.teacher, device) if config.teacher else []
+    # Age bins whose teacher distribution the student learns (0: only the teachers' ages; the paper net's option,
+    # the baselines have none).
+    distill_bins = getattr(model, "age_bins", 0) if config.distill_age_distribution else 0
     answers = cached_teacher_answers(config.teacher, train_set, config.teacher_precision, config.threads,
                                      progress and rank == 0, skip=config.teacher_skip)
     cached, calibrations = None, None
@@ -738,13 +741,10 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             if rank == 0:
                 (run_dir / "teacher_calibration.json").write_text(json.dumps(
                     {name: c.to_json() for name, c in calibrations.items()}, indent=1) + "\n")
-        age_bins = getattr(model, "age_bins", 0)  # the paper net's option; the baselines have none
-        if age_bins and config.distill_age_distribution:
-            cached = (*cached, answers.distributions(data_sources(train_set), age_bins, calibrations))
+        if distill_bins:
+            cached = (*cached, answers.distributions(data_sources(train_set), distill_bins, calibrations))
     if cached is not None:
         cached = tuple(torch.from_numpy(t).to(device) for t in cached)
-    # Age bins whose teacher distribution the student learns (0: only the teachers' ages).
-    distill_bins = getattr(model, "age_bins", 0) if config.distill_age_distribution else 0
     # Faces without an age label (CelebA) are binned by the teachers' age when balancing ages.
     known_ages = train_set.ages if cached is None else np.where(np.isfinite(train_set.ages), train_set.ages,
                                                                 cached[0].cpu().numpy())
