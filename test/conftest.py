@@ -59,6 +59,18 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(scope="session")
+def morph_folder(tmp_path_factory):
+    """A flat folder of real UTKFace faces renamed the MORPH-II Album2 way (SSSSSS_NNGAA.JPG), 3 per subject."""
+    source = sorted(shared("utkface/crop_part1").glob("*.jpg"))[::20][:240]
+    folder = tmp_path_factory.mktemp("morph")
+    for i, path in enumerate(source):
+        age, gender = path.name.split("_")[:2]
+        letter = "M" if gender == "0" else "F"
+        shutil.copy(path, folder / f"{i // 3:06d}_{i % 3:02d}{letter}{min(int(age), 99):02d}.JPG")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def random_weights(tmp_path_factory) -> Path:
     """Randomly initialised paper-net weights with a proper model card (for pipeline tests, not accuracy).
 

@@ -22,18 +22,6 @@ from training.train import TrainConfig, augment_batch, multitask_loss
 from agegender_ros.model import age_bin_centres, create_model, normalise_crops_tensor
 
 
-@pytest.fixture(scope="session")
-def morph_folder(tmp_path_factory):
-    """A flat folder of real UTKFace faces renamed the MORPH-II Album2 way (SSSSSS_NNGAA.JPG), 3 per subject."""
-    source = sorted(shared("utkface/crop_part1").glob("*.jpg"))[::20][:240]
-    folder = tmp_path_factory.mktemp("morph")
-    for i, path in enumerate(source):
-        age, gender = path.name.split("_")[:2]
-        letter = "M" if gender == "0" else "F"
-        shutil.copy(path, folder / f"{i // 3:06d}_{i % 3:02d}{letter}{min(int(age), 99):02d}.JPG")
-    return folder
-
-
 def agegender(*args, timeout=600, env=None):
     return subprocess.run([sys.executable, "-m", "agegender_ros.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env)

@@ -54,6 +54,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=float, default=defaults.width,
                         help="paper net: multiply every layer's channels (1: the paper's ~99.2k parameters; 2: about "
                         "4x the parameters and FLOPs), for capacity studies")
+    parser.add_argument("--reparam", action="store_true",
+                        help="train every conv as parallel kxk, 1x1 and identity branches (RepVGG) and fold them "
+                        "into one conv at the end: the same network, parameters and FLOPs as without")
     parser.add_argument("--age-balance", type=float, default=defaults.age_balance,
                         help="sample faces with probability (faces in their 5-year age bin)^-P: 0 = each face once "
                         "per epoch, 1 = every age bin equally often")
@@ -137,7 +140,7 @@ def config_from_args(args):
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
                          camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p, age_bins=args.age_bins,
-                         width=args.width, age_balance=args.age_balance, seed=args.seed, threads=args.threads,
+                         width=args.width, reparam=args.reparam, age_balance=args.age_balance, seed=args.seed, threads=args.threads,
                          device=args.device,
                          init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
                          distill_gender_weight=args.distill_gender_weight,

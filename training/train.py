@@ -36,6 +36,7 @@ from agegender_ros.weights import load_model, save_weights
 
 from .cache import CONTEXT, PreprocessedSet
 from .metrics import age_gender_metrics
+from .reparam import expand, fuse
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class TrainConfig:
     tight_crop_p: float = 0.0
     age_bins: int = 0  # paper net only: 0 = regress each age (L1); K = label distribution over K bins (+ L1)
     width: float = 1.0  # paper net only: channel multiplier (1 = the paper's ~99.2k parameters; capacity studies)
+    # Train every conv as parallel k x k, 1 x 1 and identity branches and fold them into the one conv it ships as
+    # (training/reparam.py, RepVGG): more to optimise during training, the same network and FLOPs afterwards.
+    reparam: bool = False
     age_sigma: float = 0.0  # label distribution width in years (0: the bin spacing)
     label_distribution_weight: float = 1.0  # weight of the distribution loss next to each head's age L1
     # Sample each face with probability proportional to (faces in its 5-year age bin)^-age_balance: 0 = every face
@@ -694,6 +698,9 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
                              f"{pretrained_card.get('model_args')}, this run with {config.model_args()} "
                              "(e.g. pass the same --age-bins)")
         model.load_state_dict(pretrained.state_dict())
+    if config.reparam:
+        # From --init-weights the new branches start at zero, so training starts from the weights' own function.
+        expand(model, new_branches_start_at_zero=bool(config.init_weights))
     model = model.to(device).to(memory_format=torch.channels_last)
     if len(train_set) == 0:
         raise ValueError("the training set is empty")
@@ -818,6 +825,8 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         writer.close()
     if rank != 0:
         return {}
+    if config.reparam:  # from here on: the network that ships (its scores, predictions and weights)
+        fuse(model.eval())
     metrics, predictions = evaluate(model, val_set, device) if len(val_set) else ({}, None)
     if predictions is not None:
         np.savez(run_dir / "predictions.npz", **predictions)
