@@ -61,6 +61,10 @@ def test_new_branches_start_at_zero_so_fine_tuning_starts_from_the_same_function
         assert torch.allclose(expanded(x)["final_age"], before, atol=1e-5)
     with pytest.raises(ValueError, match="no conv -> BN -> activation units"):
         expand(torch.nn.Linear(2, 2))
+    from training.train import TrainConfig
+
+    with pytest.raises(ValueError, match="reparam is an option of the paper net"):
+        TrainConfig(model="ssrnet", reparam=True).model_args()
 
 
 def test_reparam_training_ships_the_plain_net_scored_as_it_ships(tmp_path, morph_folder):

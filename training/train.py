@@ -119,6 +119,8 @@ class TrainConfig:
                              f"{self.model!r}")
         if self.width != 1.0 and self.model != "paper":
             raise ValueError(f"width is an option of the paper net, not of {self.model!r}")
+        if self.reparam and self.model != "paper":  # training/reparam.py folds the paper net's conv units
+            raise ValueError(f"reparam is an option of the paper net, not of {self.model!r}")
         return {**({"age_bins": self.age_bins} if self.age_bins else {}),
                 **({"width": self.width} if self.width != 1.0 else {})}
 
