@@ -73,7 +73,7 @@ class RepConvBNAct(nn.Module):
             bias += shift
         if self.identity is not None:
             scale, shift = _bn_scale_shift(self.identity)
-            channels = torch.arange(self.out_channels)
+            channels = torch.arange(self.out_channels, device=kernel.device)
             kernel[channels, channels, centre, centre] += scale
             bias += shift
         unit = ConvBNAct(self.in_channels, self.out_channels, self.kernel, self.stride, self.dilation)
