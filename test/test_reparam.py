@@ -38,9 +38,10 @@ def test_fused_network_is_the_plain_paper_net_and_computes_what_the_branches_did
     x = torch.randn(4, 3, 64, 64, generator=generator)
     with torch.no_grad():
         before = expanded(x)
-        fused = fuse(expanded).eval()
+        fused = fuse(expanded)
         after = fused(x)
     assert not any(isinstance(m, RepConvBNAct) for m in fused.modules())
+    assert not any(m.training for m in fused.modules())  # folded units keep the model's eval mode
     # The same state-dict keys and shapes as the plain net: any loader of our weights reads it unchanged.
     assert {k: v.shape for k, v in fused.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
     assert count_parameters(fused) == count_parameters(plain)

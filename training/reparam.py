@@ -84,7 +84,7 @@ class RepConvBNAct(nn.Module):
         bn.bias.copy_(bias)
         bn.running_mean.zero_()
         bn.running_var.fill_(1.0 - bn.eps)
-        return unit
+        return unit.train(self.training)
 
 
 def _replace(model: nn.Module, kind: type, make) -> int:
@@ -106,6 +106,7 @@ def expand(model: nn.Module, new_branches_start_at_zero: bool = True) -> nn.Modu
 
 
 def fuse(model: nn.Module) -> nn.Module:
-    """Fold every multi-branch block back into a `ConvBNAct`, in place; returns the model (call in eval mode)."""
+    """Fold every multi-branch block back into a `ConvBNAct` (from the BNs' running statistics), in place; returns
+    the model."""
     _replace(model, RepConvBNAct, RepConvBNAct.fused)
     return model
