@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from agegender_ros.model import ConvBNAct
-
-
-def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """BN in eval mode as y = scale * x + shift, per channel."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
 
 
 class RepConvBNAct(nn.Module):
@@ -62,20 +57,22 @@ class RepConvBNAct(nn.Module):
     @torch.no_grad()
     def fused(self) -> ConvBNAct:
         """The single conv -> BN -> LeakyReLU that computes what this block computes in eval mode."""
-        conv = self.main[0]
-        scale, shift = _bn_scale_shift(self.main[1])
-        kernel = conv.weight * scale.view(-1, 1, 1, 1)
-        bias = shift.clone()
+        main_conv = self.main[0]
         centre = self.kernel // 2
+        # Each branch as a k x k kernel with its BN: the 1 x 1 one at the centre tap, the identity as a unit kernel.
+        branches = [(main_conv.weight, self.main[1])]
         if self.pointwise is not None:
-            scale, shift = _bn_scale_shift(self.pointwise[1])
-            kernel[:, :, centre, centre] += self.pointwise[0].weight[:, :, 0, 0] * scale.view(-1, 1)
-            bias += shift
+            branches.append((nn.functional.pad(self.pointwise[0].weight, [centre] * 4), self.pointwise[1]))
         if self.identity is not None:
-            scale, shift = _bn_scale_shift(self.identity)
-            channels = torch.arange(self.out_channels, device=kernel.device)
-            kernel[channels, channels, centre, centre] += scale
-            bias += shift
+            unit_kernel = torch.zeros_like(main_conv.weight)
+            channels = torch.arange(self.out_channels, device=unit_kernel.device)
+            unit_kernel[channels, channels, centre, centre] = 1.0
+            branches.append((unit_kernel, self.identity))
+        kernel, bias = 0.0, 0.0
+        for weight, bn in branches:
+            weight, shift = fuse_conv_bn_weights(weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                                 bn.bias)
+            kernel, bias = kernel + weight, bias + shift
         unit = ConvBNAct(self.in_channels, self.out_channels, self.kernel, self.stride, self.dilation)
         unit = unit.to(device=kernel.device, dtype=kernel.dtype)
         unit[0].weight.copy_(kernel)
