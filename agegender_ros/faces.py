@@ -183,6 +183,9 @@ class HaarDetector:
     box_shift = -0.016
 
     def __init__(self, min_size: int = 24, scale_factor: float = 1.1, min_neighbors: int = 5):
+        if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):  # OpenCV 5 dropped them
+            raise DetectorUnavailable(f"OpenCV {cv2.__version__} has no Haar cascades: pip install "
+                                      "'opencv-python-headless<5', or use another detector (scrfd, blazeface)")
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The real datasets: ../shared/data beside the repo, or wherever $AGEGENDER_SHARED_DATA points (the same layout;
+# e.g. a GPU machine that gets a copy of the files the tests read).
+SHARED_DATA = Path(os.environ.get("AGEGENDER_SHARED_DATA") or REPO.parent / "shared" / "data")
 SAMPLES = REPO / "agegender_ros" / "samples"
 # Set by .ci/run for its `pip install .` (runtime only, no torch) venvs of Python 3.8 and 3.10: tests that need
 # torch skip there. Everywhere else a missing torch is an error, never a skip.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_torch
+from conftest import SHARED_DATA, require_torch
 
 torch = require_torch()  # every test here compares with, or exports from, the torch model
 
@@ -32,7 +32,6 @@ from agegender_ros.weights import default_weights_path, load_model, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "agegender_ros" / "samples"
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def _tensorrt_missing() -> str | None:

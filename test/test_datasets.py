@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from training.datasets import (
     DATASETS,
@@ -25,7 +26,6 @@ from training.datasets import (
     write_gender_annotation,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _, _JPEG = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))
 
 

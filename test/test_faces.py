@@ -72,6 +72,12 @@ def test_unknown_detector_name_is_a_clear_error():
         faces.create_detector("yolo")
 
 
+def test_opencv_without_haar_cascades_is_a_clear_error(monkeypatch):
+    monkeypatch.delattr(cv2, "CascadeClassifier")  # as in OpenCV 5
+    with pytest.raises(faces.DetectorUnavailable, match=r"no Haar cascades: pip install 'opencv-python-headless<5'"):
+        faces.create_detector("haar")
+
+
 def test_missing_scrfd_weights_say_how_to_get_them(tmp_path):
     with pytest.raises(faces.DetectorUnavailable, match="fetch-detector"):
         faces.ScrfdDetector(model_path=tmp_path / "missing.onnx")

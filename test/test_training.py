@@ -213,7 +213,9 @@ def test_truncated_jpeg_is_reported_once_and_skipped_and_the_run_goes_on(tmp_pat
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train_images"] + metrics["val_images"] == 28
     # The CLI's predict reads with the same reader and names the file.
-    result = agegender("predict", files[3], "--detector", "haar", "--backend", "torch")
+    # Haar is the quickest to start; OpenCV 5 (e.g. a GPU machine's image) has none, SCRFD then.
+    detector = "haar" if hasattr(cv2, "CascadeClassifier") else "scrfd"
+    result = agegender("predict", files[3], "--detector", detector, "--backend", "torch")
     assert result.returncode == 1  # predict reports each failed input and goes on with the others
     assert f"{files[3]}: " in result.stderr and "truncated" in result.stderr and "Traceback" not in result.stderr
 
@@ -296,6 +298,26 @@ def test_flip_averaging_is_symmetric(random_weights):
     mirrored_age, mirrored_p, _ = predict_crops(model, np.ascontiguousarray(crops[:, :, ::-1]), torch.device("cpu"),
                                                 flip=True)
     assert np.allclose(age, mirrored_age, atol=1e-3) and np.allclose(p_male, mirrored_p, atol=1e-4)
+
+
+def test_scoring_runs_without_tf32_and_restores_it(random_weights, monkeypatch):
+    # Recorded scores must be what `agegender evaluate` gives on a CPU: no TF32 rounding while scoring on a GPU.
+    from agegender_ros.weights import load_model
+    from training.train import predict_crops
+
+    model, _ = load_model(random_weights)
+    seen = []
+    predict = model.predict
+    monkeypatch.setattr(model, "predict", lambda x: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)) or predict(x))
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32  # properties: no monkeypatch
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        predict_crops(model, np.zeros((3, 80, 80, 3), np.uint8), torch.device("cpu"))
+        assert seen == [(False, False)]
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_fgnet_lopo_smoke_run_through_the_cli(tmp_path):

@@ -16,6 +16,7 @@ its share of every epoch's permutation and DistributedDataParallel averages grad
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -555,7 +556,21 @@ def age_distribution_targets(outputs: dict[str, torch.Tensor], ages: torch.Tenso
 # evaluation
 
 
+@contextlib.contextmanager
+def full_float32():
+    """No TF32 inside: on Ampere and later GPUs, cuDNN and cuBLAS otherwise round convolution and matmul inputs to
+    10-bit mantissas (ages move by up to ~0.04 years), and scores recorded in training would differ from what
+    `agegender evaluate` or the runtime's CPU backends give for the same weights. Training steps keep TF32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
+@full_float32()
 def predict_crops(model: AgeGenderModel, crops: np.ndarray, device: torch.device, batch_size: int = 512,
                   flip: bool = False):
     """Ensembled (age, P(male), age spread) for stored crops, without augmentation; flip: also the mirrored
