@@ -3,7 +3,8 @@
 #   1. the shipped weights on torch/CUDA against torch/CPU and ONNX Runtime (same faces, max differences);
 #   2. training throughput on the GPU (crops in device memory, augmentation there, AMP), with and without
 #      --camera-augment (whose JPEG step runs on the CPU);
-#   3. the training tests (test_training, test_reparam, test_model) with `--device auto`, i.e. on CUDA;
+#   3. the training tests (test_training, test_reparam, test_model) with `--device auto`, i.e. on CUDA, and
+#      test_backends (torch, ONNX Runtime, TensorRT where installed); needs pytest-xdist (PYTEST_WORKERS, default 6);
 #   4. FG-NET leave-one-person-out fine-tuned from the shipped weights (the paper's Table 2/4 protocol), to compare
 #      with the same command on a CPU;
 #   5. `agegender bench` with the torch backend on CUDA.
