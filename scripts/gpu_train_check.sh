@@ -52,7 +52,7 @@ import torch
 from agegender_ros.backends import OnnxRuntimeBackend
 from agegender_ros.model_io import normalise_crops
 from agegender_ros.torch_backend import TorchBackend
-from agegender_ros.weights import load_model
+from agegender_ros.weights import checked_onnx, load_model
 
 print("torch", torch.__version__, "| CUDA", torch.version.cuda, "|", torch.cuda.get_device_name(0),
       "| cv2", cv2.__version__, "| onnxruntime", onnxruntime.__version__, "| python", sys.version.split()[0])
@@ -65,10 +65,10 @@ crops = np.stack([cv2.resize(cv2.imread(str(p)), (64, 64), interpolation=cv2.INT
 batch = normalise_crops(crops)
 model, card = load_model(weights)
 outputs = {"torch-cpu": TorchBackend(model, "cpu")(batch)}
-model, card = load_model(weights)
+model, _ = load_model(weights)  # a second copy: TorchBackend moves its model to the device
 outputs["torch-cuda"] = TorchBackend(model, "cuda")(batch)
-try:
-    outputs["onnxruntime"] = OnnxRuntimeBackend(str(Path(weights).with_suffix(".onnx")))(batch)
+try:  # the ONNX file the card names, checked against these weights, as the runtime runs it
+    outputs["onnxruntime"] = OnnxRuntimeBackend(str(checked_onnx(weights, card)))(batch)
 except Exception as error:  # noqa: BLE001 - report and go on with the torch comparison
     print("onnxruntime backend unavailable:", error)
 reference = outputs["torch-cpu"]

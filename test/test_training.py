@@ -19,6 +19,7 @@ from training import cache as cache_module
 from training.datasets import load_records
 from training.protocols import folds
 from training.train import TrainConfig, augment_batch, multitask_loss
+from agegender_ros import faces
 from agegender_ros.model import age_bin_centres, create_model, normalise_crops_tensor
 
 
@@ -213,8 +214,11 @@ def test_truncated_jpeg_is_reported_once_and_skipped_and_the_run_goes_on(tmp_pat
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train_images"] + metrics["val_images"] == 28
     # The CLI's predict reads with the same reader and names the file.
-    # Haar is the quickest to start; OpenCV 5 (e.g. a GPU machine's image) has none, SCRFD then.
-    detector = "haar" if hasattr(cv2, "CascadeClassifier") else "scrfd"
+    # Haar is the quickest to start; where it is unavailable (OpenCV 5, e.g. a GPU machine's image), SCRFD.
+    try:
+        detector = faces.create_detector("haar").name
+    except faces.DetectorUnavailable:
+        detector = "scrfd"
     result = agegender("predict", files[3], "--detector", detector, "--backend", "torch")
     assert result.returncode == 1  # predict reports each failed input and goes on with the others
     assert f"{files[3]}: " in result.stderr and "truncated" in result.stderr and "Traceback" not in result.stderr
@@ -222,8 +226,6 @@ def test_truncated_jpeg_is_reported_once_and_skipped_and_the_run_goes_on(tmp_pat
 
 def test_reader_catches_a_truncated_jpeg_that_opencv_decodes(tmp_path, monkeypatch):
     # OpenCV 4.14 refuses a JPEG cut short, but older builds (JetPack's) decode it with a grey lower part.
-    from agegender_ros import faces
-
     path = tmp_path / "cut.jpg"
     ok, data = cv2.imencode(".jpg", np.full((32, 32, 3), 128, np.uint8))
     path.write_bytes(data.tobytes()[:-2])
