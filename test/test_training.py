@@ -322,6 +322,32 @@ def test_scoring_runs_without_tf32_and_restores_it(random_weights, monkeypatch):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def test_a_step_the_gradient_scaler_skips_leaves_the_schedule_where_it_is():
+    # float16 training on CUDA: the scaler skips overflowing steps; the one-cycle schedule must not run ahead.
+    import warnings
+
+    from training.train import optimizer_step
+
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)  # the CUDA scaler's logic, runnable here
+    weight, lr = layer.weight.detach().clone(), scheduler.get_last_lr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Detected call of lr_scheduler.step() before optimizer.step()"
+        scaler.scale(layer(torch.tensor([[float("inf"), 1.0]])).sum()).backward()
+        assert not optimizer_step(optimizer, scheduler, scaler)
+        assert torch.equal(layer.weight, weight) and scheduler.get_last_lr() == lr
+        optimizer.zero_grad()
+        scaler.scale(layer(torch.ones(1, 2)).sum()).backward()
+        assert optimizer_step(optimizer, scheduler, scaler)
+    assert not torch.equal(layer.weight, weight) and scheduler.get_last_lr() != lr
+    disabled = torch.amp.GradScaler("cpu", enabled=False)  # the CPU's training path: every step counts
+    optimizer.zero_grad()
+    layer(torch.ones(1, 2)).sum().backward()
+    assert optimizer_step(optimizer, scheduler, disabled)
+
+
 def test_fgnet_lopo_smoke_run_through_the_cli(tmp_path):
     root = shared("fgnet")
     result = agegender("protocol", "--dataset", "fgnet", "--root", root, "--protocol", "lopo", "--max-folds", "2",

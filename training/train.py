@@ -679,6 +679,22 @@ def load_checkpoint(path: Path, config: TrainConfig, data: PreprocessedSet, devi
     return state
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler) -> bool:
+    """One optimiser step through the (mixed-precision) gradient scaler; False when the scaler skipped it.
+
+    A float16 scaler skips the step whose gradients overflowed (always the first few: its scale starts high). The
+    learning-rate schedule then stays where it is, so it advances with the weights (and torch does not warn that
+    the scheduler stepped before the optimiser).
+    """
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    stepped = scaler.get_scale() >= scale  # the scale drops exactly when the step was skipped
+    if stepped:
+        scheduler.step()
+    return stepped
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -809,9 +825,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
                                          config, batch_teacher_targets(teachers, x, cached, index, distill_bins))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            optimizer_step(optimizer, scheduler, scaler)
             seen += len(index)
             loss_sum += float(loss.detach()) * len(index)
             if writer and step % 20 == 0:
