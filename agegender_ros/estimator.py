@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import Backend, create_backend
-from .faces import FaceDetector, align_crop, create_detector
+from .faces import CROP_SCALE, FaceDetector, align_crop, create_detector
 from .model_io import normalise_crops
+from .weights import check_weights, crop_scale
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,10 @@ class FaceEstimate:
 
 class Estimator:
     def __init__(self, detector: FaceDetector, backend: Backend, max_faces: int = 32, min_face_size: float = 0.0,
-                 flip_tta: bool = False):
+                 flip_tta: bool = False, crop_scale: float = CROP_SCALE):
         self.detector = detector
         self.backend = backend
+        self.crop_scale = crop_scale  # the weights' own (weights.crop_scale): faces are cropped as in training
         self.max_faces = max_faces
         self.min_face_size = min_face_size
         # Also run each face's mirror image and average the two (test-time augmentation): twice the network time.
@@ -54,7 +56,8 @@ class Estimator:
     def create(cls, weights: str | None = None, detector: str = "auto", backend: str = "auto",
                detector_options: dict | None = None, backend_options: dict | None = None, **options) -> "Estimator":
         return cls(create_detector(detector, **(detector_options or {})),
-                   create_backend(backend, weights, **(backend_options or {})), **options)
+                   create_backend(backend, weights, **(backend_options or {})),
+                   crop_scale=crop_scale(check_weights(weights)[1]), **options)
 
     def __call__(self, frame_bgr: np.ndarray) -> list[FaceEstimate]:
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
@@ -65,7 +68,8 @@ class Estimator:
         detections = sorted(detections, key=lambda d: -d.score)[: self.max_faces]
         if not detections:
             return []
-        return self.estimate_crops(np.stack([align_crop(frame_bgr, d) for d in detections]), detections)
+        crops = np.stack([align_crop(frame_bgr, d, crop_scale=self.crop_scale) for d in detections])
+        return self.estimate_crops(crops, detections)
 
     def estimate_crops(self, crops_bgr: np.ndarray, detections) -> list[FaceEstimate]:
         if self.flip_tta:

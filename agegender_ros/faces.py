@@ -27,9 +27,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CROP_SIZE = 64
-# Crop side = CROP_SCALE x the face's size (eye distance / eye-to-mouth distance, see `face_square`): wide enough
-# for the forehead, chin and some hair, tight enough that the face fills the 64x64 input.
+# Crop side = crop scale x the face's size (eye distance / eye-to-mouth distance, see `face_square`): wide enough
+# for the forehead, chin and some hair, tight enough that the face fills the 64x64 input. Weights record the scale
+# they were trained at in their model card, and the runtime crops at that scale (`weights.crop_scale`); this is
+# the default for training.
 CROP_SCALE = 3.2
+# Detector boxes without landmarks (Haar) were calibrated against the landmark square at this crop scale.
+BOX_CALIBRATION_CROP_SCALE = 3.2
 
 
 class DetectorUnavailable(RuntimeError):
@@ -89,9 +93,12 @@ class FaceDetection:
     # (K, 2) float32 landmarks in frame pixels; the first two are the eyes (either order). None when the
     # detector gives none (Haar).
     landmarks: np.ndarray | None = None
-    # How this detector's box relates to the landmark-based face square (see `face_square`).
+    # How this detector's box relates to the landmark-based face square at BOX_CALIBRATION_CROP_SCALE (see
+    # `face_square`).
     box_scale: float = field(default=1.0, repr=False)
     box_shift: float = field(default=0.0, repr=False)
+    # The box is the crop itself, whatever the crop scale: no face was found, the whole image is used.
+    box_is_crop: bool = field(default=False, repr=False)
 
 
 class FaceDetector(Protocol):
@@ -104,8 +111,9 @@ class FaceDetector(Protocol):
 # Crop geometry (shared by training and inference)
 
 
-def face_square(detection: FaceDetection) -> tuple[np.ndarray, float, float]:
-    """The face's canonical square: (centre xy, side in pixels, roll angle in radians).
+def face_square(detection: FaceDetection, crop_scale: float = CROP_SCALE) -> tuple[np.ndarray, float, float]:
+    """The face's canonical square: (centre xy, side in pixels, roll angle in radians), its side crop_scale x the
+    face's size.
 
     With eye and mouth landmarks the square is defined by them (detector-independent); otherwise by the box,
     scaled by the detector's calibration so crops from different detectors frame the face alike.
@@ -120,11 +128,14 @@ def face_square(detection: FaceDetection) -> tuple[np.ndarray, float, float]:
         angle = math.atan2(float(eye_vec[1]), float(eye_vec[0]))
         size = max(float(np.hypot(*eye_vec)), 0.9 * float(np.hypot(*eye_to_mouth)))
         centre = eye_centre + 0.25 * eye_to_mouth
-        return centre.astype(np.float32), CROP_SCALE * size, angle
+        return centre.astype(np.float32), crop_scale * size, angle
     x1, y1, x2, y2 = (float(v) for v in detection.box)
-    side = max(x2 - x1, y2 - y1) * detection.box_scale
-    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2 + detection.box_shift * side], np.float32)
-    return centre, side, 0.0
+    side = max(x2 - x1, y2 - y1)
+    if detection.box_is_crop:
+        return np.array([(x1 + x2) / 2, (y1 + y2) / 2], np.float32), side, 0.0
+    calibrated_side = side * detection.box_scale  # the square at BOX_CALIBRATION_CROP_SCALE
+    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2 + detection.box_shift * calibrated_side], np.float32)
+    return centre, calibrated_side * crop_scale / BOX_CALIBRATION_CROP_SCALE, 0.0
 
 
 def _mouth_centre(landmarks: np.ndarray) -> np.ndarray:
@@ -145,13 +156,14 @@ def crop_matrix(centre: np.ndarray, side: float, angle: float, size: int = CROP_
 
 
 def align_crop(frame_bgr: np.ndarray, detection: FaceDetection, size: int = CROP_SIZE,
-               context: float = 1.0) -> np.ndarray:
+               context: float = 1.0, crop_scale: float = CROP_SCALE) -> np.ndarray:
     """The face as a size x size BGR uint8 crop, eye line level, with margin. Used for training and inference.
 
-    `context` > 1 widens the square (training stores crops with context for augmentation; its centre is then
-    exactly the inference crop).
+    `crop_scale` must be the one the weights were trained at (their card's; `weights.crop_scale`). `context` > 1
+    widens the square (training stores crops with context for augmentation; its centre is then exactly the
+    inference crop).
     """
-    centre, side, angle = face_square(detection)
+    centre, side, angle = face_square(detection, crop_scale)
     matrix = crop_matrix(centre, side * context, angle, size)
     # Replicating the border keeps faces at the frame's edge (and tightly cropped datasets) free of black bands.
     return cv2.warpAffine(frame_bgr, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
@@ -160,7 +172,7 @@ def align_crop(frame_bgr: np.ndarray, detection: FaceDetection, size: int = CROP
 def whole_image_detection(frame_bgr: np.ndarray) -> FaceDetection:
     """A pseudo-detection covering the whole image, for crops where no face was found."""
     h, w = frame_bgr.shape[:2]
-    return FaceDetection(np.array([0, 0, w, h], np.float32), 0.0, None)
+    return FaceDetection(np.array([0, 0, w, h], np.float32), 0.0, None, box_is_crop=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -178,7 +190,8 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndar
 class HaarDetector:
     name = "haar"
     # Haar boxes are tighter than the landmark face square: measured against SCRFD's landmark squares on 592
-    # AAF + UTKFace faces (median; docs/results.md), the square is 1.21x the box and centred a little higher.
+    # AAF + UTKFace faces (median; docs/results.md), the square at crop scale 3.2 is 1.21x the box and centred a
+    # little higher.
     box_scale = 1.21
     box_shift = -0.016
 

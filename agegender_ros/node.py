@@ -690,7 +690,7 @@ class AgeGenderNode(_NodeBase):
             from agegender_ros.backends import BackendUnavailable, create_backend
             from agegender_ros.estimator import Estimator
             from agegender_ros.faces import AUTO_ORDER, DETECTORS, DetectorUnavailable
-            from agegender_ros.weights import WeightsError, default_weights_path
+            from agegender_ros.weights import WeightsError, check_weights, crop_scale, default_weights_path
         except ImportError as error:
             raise StartupError(f"cannot import the estimator ({error}); is the package installed "
                                "with its dependencies (`pip install .`: numpy, opencv, onnxruntime)?") from error
@@ -727,13 +727,15 @@ class AgeGenderNode(_NodeBase):
 
             torch.set_num_threads(p["num_threads"])
         self.weights_path = weights or str(default_weights_path())
+        scale = crop_scale(check_weights(weights)[1])  # faces are cropped as the weights were trained
         providers = getattr(backend, "providers", None)
         self.get_logger().info(
             f"detector {detector.name} (input {p['detector_input_size']}), backend {backend.name}"
             + (f" {providers}" if providers else "")
-            + (f" (skipped {'; '.join(reasons)})" if reasons else "") + f", weights {self.weights_path}")
+            + (f" (skipped {'; '.join(reasons)})" if reasons else "")
+            + f", weights {self.weights_path} (crop scale {scale:g})")
         return Estimator(detector, backend, max_faces=p["max_faces"], min_face_size=float(p["min_face_size"]),
-                         flip_tta=bool(p["flip_tta"]))
+                         flip_tta=bool(p["flip_tta"]), crop_scale=scale)
 
     # ------------------------------------------------------------------------------------------ callbacks
 

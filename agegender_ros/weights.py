@@ -48,8 +48,10 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def save_weights(model: AgeGenderModel, path: str | os.PathLike, card: dict[str, Any]) -> dict[str, Any]:
-    """Write the state dict atomically, then its card (with sha256, params, FLOPs filled in). Returns the card."""
+def save_weights(model: AgeGenderModel, path: str | os.PathLike, card: dict[str, Any],
+                 crop_scale: float = faces.CROP_SCALE) -> dict[str, Any]:
+    """Write the state dict atomically, then its card (with sha256, params, FLOPs and the crop scale the model was
+    trained at filled in). Returns the card."""
     import torch
 
     from .model import count_flops_per_face, count_parameters
@@ -66,7 +68,7 @@ def save_weights(model: AgeGenderModel, path: str | os.PathLike, card: dict[str,
         "input": "RGB float in [0,1], normalised per channel with mean/std",
         "normalisation": {"mean_rgb": list(MEAN_RGB), "std_rgb": list(STD_RGB)},
         "age_output": {"offset": AGE_OFFSET, "scale": AGE_SCALE},
-        "crop": {"size": faces.CROP_SIZE, "scale": faces.CROP_SCALE,
+        "crop": {"size": faces.CROP_SIZE, "scale": crop_scale,
                  "method": "agegender_ros.faces.align_crop (eye line levelled when landmarks exist)"},
         "params": count_parameters(model),
         "flops_per_face": count_flops_per_face(model),
@@ -97,6 +99,22 @@ def read_card(weights_path: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
+# Every weight file before crop scales were recorded by the runtime (cards without "crop") was trained at 3.2.
+LEGACY_CROP_SCALE = 3.2
+
+
+def crop_scale(card: Dict[str, Any]) -> float:
+    """The crop scale these weights were trained at, from their card: the runtime must crop faces the same way."""
+    crop = card.get("crop") or {}
+    size, scale = crop.get("size", faces.CROP_SIZE), crop.get("scale", LEGACY_CROP_SCALE)
+    if size != faces.CROP_SIZE:
+        raise WeightsError(f"these weights were trained on {size}x{size} crops; this version of agegender_ros makes "
+                           f"{faces.CROP_SIZE}x{faces.CROP_SIZE} crops only")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1.0 <= scale <= 6.0:
+        raise WeightsError(f"the model card's crop scale {scale!r} is not a number between 1 and 6")
+    return float(scale)
+
+
 def check_weights(weights_path: str | os.PathLike | None = None) -> Tuple[Path, Dict[str, Any]]:
     """(path, card) of `weights_path` or the package's default weights, after checking that the file exists, has a
     readable card and matches the card's sha256. Needs no torch."""
@@ -108,6 +126,10 @@ def check_weights(weights_path: str | os.PathLike | None = None) -> Tuple[Path, 
                 "or pass --weights PATH to a .pt file that has its .json model card beside it")
         raise WeightsError(f"weight file {path} does not exist")
     card = read_card(path)
+    try:
+        crop_scale(card)
+    except WeightsError as error:
+        raise WeightsError(f"model card {card_path(path)}: {error}") from None
     expected = card.get("sha256")
     actual = sha256_file(path)
     if expected and expected != actual:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agegender_ros.weights import load_model
+from agegender_ros.weights import crop_scale, load_model
 from training.cli import load_dataset, pick_fold
 from training.protocols import trained_splits
 from training.teachers import teacher_targets
@@ -25,8 +25,10 @@ from training.train import predict_crops
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 BANDS = ((0, 20), (20, 40), (40, 60), (60, 120))
 
-data = load_dataset("utkface", "../shared/data/utkface_aligned", "scrfd", progress=False)
 model, card = (None, {}) if sys.argv[1].startswith("teacher:") else load_model(sys.argv[1])
+# Faces cropped as the weights were trained (a teacher crops its own input from the face box).
+data = load_dataset("utkface", "../shared/data/utkface_aligned", "scrfd", progress=False,
+                    crop_scale=crop_scale(card) if model is not None else None)
 seeds = {split["split_seed"] for split in trained_splits(card) if split["protocol"] == "random80"}
 data = data.subset(pick_fold("utkface", data, "random80", 0, seeds.pop() if len(seeds) == 1 else 0)[3])
 if model is None:

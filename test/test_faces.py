@@ -28,7 +28,8 @@ def centre_inside(detection, x_range, y_range):
 
 def test_box_crop_maps_the_face_square_onto_the_crop():
     detection = faces.FaceDetection(np.array([100, 50, 200, 150], np.float32), 0.9, None)
-    centre, side, angle = faces.face_square(detection)
+    # box_scale 1: the box is the square at the crop scale detector boxes were calibrated at
+    centre, side, angle = faces.face_square(detection, faces.BOX_CALIBRATION_CROP_SCALE)
     assert angle == 0
     np.testing.assert_allclose(centre, [150, 100])
     assert side == pytest.approx(100)
@@ -40,7 +41,8 @@ def test_box_crop_maps_the_face_square_onto_the_crop():
 def test_crop_content_comes_from_the_box():
     frame = np.zeros((300, 400, 3), np.uint8)
     frame[50:150, 100:200] = (0, 0, 255)  # a red square exactly where the box is
-    crop = faces.align_crop(frame, faces.FaceDetection(np.array([100, 50, 200, 150], np.float32), 1.0, None))
+    crop = faces.align_crop(frame, faces.FaceDetection(np.array([100, 50, 200, 150], np.float32), 1.0, None),
+                            crop_scale=faces.BOX_CALIBRATION_CROP_SCALE)
     assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
     assert (crop[2:-2, 2:-2, 2] > 200).all() and (crop[2:-2, 2:-2, :2] < 30).all()
 
@@ -65,6 +67,26 @@ def test_landmarks_level_the_eye_line_and_context_widens_the_crop():
     # The central 64 px of the 80 px context crop is the plain crop.
     np.testing.assert_allclose((np.c_[landmarks, np.ones(5)] @ wide.T) - 8, np.c_[landmarks, np.ones(5)] @ matrix.T,
                                atol=1e-4)
+
+
+def test_crop_scale_sizes_the_square_about_the_same_centre_for_every_detector_kind():
+    landmarks = np.array([[90, 100], [130, 100], [110, 120], [98, 140], [122, 140]], np.float32)
+    with_landmarks = faces.FaceDetection(np.array([70, 60, 150, 170], np.float32), 1.0, landmarks)
+    haar_like = faces.FaceDetection(np.array([70, 60, 150, 140], np.float32), 1.0, None, box_scale=1.21,
+                                    box_shift=-0.016)
+    for detection in (with_landmarks, haar_like):
+        centre_a, side_a, _ = faces.face_square(detection, 2.6)
+        centre_b, side_b, _ = faces.face_square(detection, 3.2)
+        np.testing.assert_allclose(centre_a, centre_b)
+        assert side_b / side_a == pytest.approx(3.2 / 2.6)
+    assert faces.face_square(with_landmarks, 3.2)[1] == pytest.approx(3.2 * 40)
+    assert faces.face_square(haar_like, faces.BOX_CALIBRATION_CROP_SCALE)[1] == pytest.approx(1.21 * 80)
+    # Where no face was found the crop is the whole photo, whatever the scale.
+    frame = np.zeros((120, 90, 3), np.uint8)
+    for scale in (2.6, 3.2):
+        centre, side, angle = faces.face_square(faces.whole_image_detection(frame), scale)
+        np.testing.assert_allclose(centre, [45, 60])
+        assert side == 120 and angle == 0
 
 
 def test_unknown_detector_name_is_a_clear_error():

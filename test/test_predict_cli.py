@@ -83,7 +83,8 @@ def test_predict_reads_video_files(tmp_path, random_weights):
     assert all(len(line["faces"]) == 1 for line in lines)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "swap", "no_card", "wrong_architecture", "bad_card"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "swap", "no_card", "wrong_architecture", "bad_card",
+                                    "bad_crop_scale", "other_crop_size"])
 def test_bad_weight_files_give_a_clear_error(tmp_path, random_weights, damage):
     weights = tmp_path / "my_model.pt"
     shutil.copy(random_weights, weights)
@@ -113,6 +114,9 @@ def test_bad_weight_files_give_a_clear_error(tmp_path, random_weights, damage):
         weights.with_suffix(".json").write_text(json.dumps(card))
     elif damage == "bad_card":
         weights.with_suffix(".json").write_text("{broken")
+    elif damage in ("bad_crop_scale", "other_crop_size"):  # the runtime could not crop faces as in training
+        card["crop"] = {**card["crop"], **({"scale": "wide"} if damage == "bad_crop_scale" else {"size": 96})}
+        weights.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(WeightsError) as error:
         load_model(weights)
     assert weights.stem in str(error.value)  # names the .pt or its .json card
@@ -125,6 +129,44 @@ def test_missing_default_weights_explain_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("AGEGENDER_WEIGHTS", str(tmp_path / "none.pt"))
     with pytest.raises(WeightsError, match="make weights"):
         load_model()
+
+
+def test_faces_are_cropped_at_the_crop_scale_the_weights_were_trained_at(tmp_path, random_weights):
+    import cv2
+    import numpy as np
+
+    from agegender_ros import faces
+    from agegender_ros.estimator import Estimator
+    from agegender_ros.model_io import normalise_crops
+    from agegender_ros.weights import LEGACY_CROP_SCALE, crop_scale
+
+    card = json.loads(random_weights.with_suffix(".json").read_text())
+    assert crop_scale(card) == faces.CROP_SCALE == Estimator.create(weights=str(random_weights)).crop_scale
+    weights = tmp_path / "older.pt"
+    shutil.copy(random_weights, weights)
+    del card["crop"]  # cards written before the runtime read the crop scale: all trained at 3.2
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    assert Estimator.create(weights=str(weights)).crop_scale == LEGACY_CROP_SCALE == 3.2
+
+    class Recorder:  # a backend that keeps what it was given
+        name = "recorder"
+
+        def __call__(self, batch):
+            self.batch = batch
+            n = len(batch)
+            return np.full(n, 30.0, np.float32), np.full(n, 0.5, np.float32), np.zeros(n, np.float32)
+
+    detector = faces.create_detector("scrfd")
+    frame = cv2.imread(str(SAMPLES / "astronaut.jpg"))
+    detection = detector.detect(frame)[0]
+    batches = {}
+    for scale in (2.6, 3.2):
+        recorder = Recorder()
+        Estimator(detector, recorder, crop_scale=scale)(frame)
+        batches[scale] = recorder.batch
+        expected = faces.align_crop(frame, detection, crop_scale=scale)
+        np.testing.assert_allclose(batches[scale][0], normalise_crops(expected[None])[0], atol=1e-6)
+    assert not np.allclose(batches[2.6], batches[3.2])
 
 
 def test_flip_tta_averages_a_face_with_its_mirror_image(random_weights):

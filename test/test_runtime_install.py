@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from agegender_ros.backends import OnnxRuntimeBackend, create_backend
-from agegender_ros.weights import WeightsError, check_weights, checked_onnx, default_weights_path, read_card
+from agegender_ros.weights import (WeightsError, check_weights, checked_onnx, crop_scale, default_weights_path,
+                                   read_card)
 from conftest import REPO, RUNTIME_ONLY, SAMPLES, require_torch
 
 PACKAGE = REPO / "agegender_ros"
@@ -131,8 +132,9 @@ def test_shipped_onnx_matches_the_pt_on_the_bundled_samples():
     from agegender_ros.weights import load_model
 
     detector = create_detector("auto")
-    onnx_estimator = Estimator(detector, OnnxRuntimeBackend(checked_onnx(SHIPPED, read_card(SHIPPED))))
-    torch_estimator = Estimator(detector, TorchBackend(load_model(SHIPPED)[0]))
+    card = read_card(SHIPPED)
+    onnx_estimator = Estimator(detector, OnnxRuntimeBackend(checked_onnx(SHIPPED, card)), crop_scale=crop_scale(card))
+    torch_estimator = Estimator(detector, TorchBackend(load_model(SHIPPED)[0]), crop_scale=crop_scale(card))
     compared = 0
     for photo in sorted(SAMPLES.glob("*.jpg")):
         frame = cv2.imread(str(photo))

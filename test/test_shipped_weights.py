@@ -52,13 +52,13 @@ def test_shipped_card_records_the_aaf_faces_it_held_out():
 
 def test_shipped_pt_weights_hold_their_card_figures_on_aaf_val(aaf_val_subset, card_floor):
     torch = require_torch()
-    from agegender_ros.weights import load_model
+    from agegender_ros.weights import crop_scale, load_model
     from training.cache import load_or_build
     from training.train import predict_crops
 
-    data = load_or_build("aaf", str(shared("aaf")), aaf_val_subset, progress=False)
+    model, card = load_model()
+    data = load_or_build("aaf", str(shared("aaf")), aaf_val_subset, progress=False, crop_scale=crop_scale(card))
     assert len(data) == len(aaf_val_subset) == 669
-    model, _ = load_model()
     ages, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"))
     mae, gender = score(aaf_val_subset, ages, p_male)
     assert mae <= card_floor[0] and gender >= card_floor[1], (mae, gender, card_floor)

@@ -31,7 +31,7 @@ def agegender(*args, timeout=600, env=None):
 # --- cache ------------------------------------------------------------------------------------------------------
 
 
-def test_cache_stores_context_crops_reports_failures_and_keys_on_settings(tmp_path, morph_folder, monkeypatch):
+def test_cache_stores_context_crops_reports_failures_and_keys_on_settings(tmp_path, morph_folder):
     folder = tmp_path / "morph"
     shutil.copytree(morph_folder, folder)
     files = sorted(folder.iterdir())
@@ -45,8 +45,7 @@ def test_cache_stores_context_crops_reports_failures_and_keys_on_settings(tmp_pa
     assert data.detected.sum() >= 10
     cached = list(Path(os.environ["AGEGENDER_CACHE"]).glob("**/*.npz"))
     key = cache_module.cache_key("morph2", str(folder), records, "scrfd")
-    monkeypatch.setattr(cache_module.faces, "CROP_SCALE", cache_module.faces.CROP_SCALE + 0.1)
-    assert cache_module.cache_key("morph2", str(folder), records, "scrfd") != key
+    assert cache_module.cache_key("morph2", str(folder), records, "scrfd", faces.CROP_SCALE + 0.1) != key
     assert cache_module.cache_key("morph2", str(folder), records, "haar") != key
     assert cached
 
@@ -521,6 +520,37 @@ def test_distilled_training_runs_from_the_cli(tmp_path, morph_folder, random_wei
     assert f"Distilled from our own weights {random_weights}" in card["licence"]
     missing = agegender(*common, "--teacher", tmp_path / "nope.pt", "--out", tmp_path / "bad")
     assert missing.returncode == 2 and f"--teacher {tmp_path / 'nope.pt'}: no such weight file" in missing.stderr
+
+
+def test_crop_scale_is_trained_recorded_and_honoured_by_evaluate_resume_and_teachers(tmp_path, morph_folder,
+                                                                                     random_weights):
+    common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "1", "--batch-size", "8",
+              "--threads", "1", "--no-progress"]
+    result = agegender(*common, "--crop-scale", "3.0", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    weights = tmp_path / "run" / "model.pt"
+    assert json.loads(weights.with_suffix(".json").read_text())["crop"]["scale"] == 3.0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["crop_scale"] == 3.0
+    # evaluate scores the faces cropped as these weights were trained: the preprocessing cache at their scale
+    records, _ = load_records("morph2", morph_folder)
+    at_3 = Path(os.environ["AGEGENDER_CACHE"]) / "preprocessed" / (
+        cache_module.cache_key("morph2", str(morph_folder), records, "scrfd", 3.0) + ".npz")
+    at_3.unlink()
+    scored = agegender("evaluate", "--root", morph_folder, "--weights", weights, "--json")
+    assert scored.returncode == 0, scored.stderr
+    assert at_3.is_file()
+    changed = agegender(*common, "--out", tmp_path / "run", "--resume")
+    assert changed.returncode == 2 and f"crop_scale: 3.0 in the checkpoint, {faces.CROP_SCALE} now" in changed.stderr
+    # fine-tuning goes on at the scale the weights learned (unless --crop-scale says otherwise)
+    tuned = agegender(*common, "--init-weights", weights, "--out", tmp_path / "tuned")
+    assert tuned.returncode == 0, tuned.stderr
+    assert json.loads((tmp_path / "tuned" / "model.json").read_text())["crop"]["scale"] == 3.0
+    # a weight-file teacher sees the student's crops: it must have learned from crops of the same scale
+    teacher = agegender(*common, "--teacher", random_weights, "--crop-scale", "3.0", "--out", tmp_path / "t")
+    assert teacher.returncode == 2
+    assert f"was trained on crops of scale {faces.CROP_SCALE:g}, this run crops at 3" in teacher.stderr
+    wrong = agegender(*common, "--crop-scale", "9", "--out", tmp_path / "w")
+    assert wrong.returncode == 2 and "--crop-scale: expected a crop side of 1 to 6 face sizes" in wrong.stderr
 
 
 # --- resume refuses to mix recipes -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ change of any setting gives a new key, so stale caches are never reused.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -60,13 +61,14 @@ def concatenate(sets: list[PreprocessedSet]) -> PreprocessedSet:
                            [f for s in sets for f in s.failed], sources)
 
 
-def settings(detector: str) -> dict:
-    return {"format": CACHE_FORMAT, "detector": detector, "crop_scale": faces.CROP_SCALE, "context": CONTEXT,
+def settings(detector: str, crop_scale: float = faces.CROP_SCALE) -> dict:
+    return {"format": CACHE_FORMAT, "detector": detector, "crop_scale": crop_scale, "context": CONTEXT,
             "stored_size": STORED_SIZE, "detect_pad": DETECT_PAD}
 
 
-def crop_with_context(image: np.ndarray, detection: faces.FaceDetection) -> np.ndarray:
-    return faces.align_crop(image, detection, STORED_SIZE, context=CONTEXT)
+def crop_with_context(image: np.ndarray, detection: faces.FaceDetection,
+                      crop_scale: float = faces.CROP_SCALE) -> np.ndarray:
+    return faces.align_crop(image, detection, STORED_SIZE, context=CONTEXT, crop_scale=crop_scale)
 
 
 def pick_main_face(detections: list[faces.FaceDetection], shape) -> faces.FaceDetection | None:
@@ -107,7 +109,7 @@ def detect_main_face(image: np.ndarray, detector) -> faces.FaceDetection | None:
     return face
 
 
-def _process(path: str):
+def _process(path: str, crop_scale: float):
     """(crop, detected, box, None) or (None, False, None, reason) for one image file."""
     try:
         image = faces.read_image(path)
@@ -117,20 +119,21 @@ def _process(path: str):
     detected = face is not None
     if not detected:
         face = faces.whole_image_detection(image)
-    return crop_with_context(image, face), detected, np.asarray(face.box, np.float32), None
+    return crop_with_context(image, face, crop_scale), detected, np.asarray(face.box, np.float32), None
 
 
-def cache_key(name: str, root: str, records, detector: str) -> str:
-    digest = hashlib.sha256(json.dumps([name, str(Path(root).resolve()), settings(detector)]).encode())
+def cache_key(name: str, root: str, records, detector: str, crop_scale: float = faces.CROP_SCALE) -> str:
+    digest = hashlib.sha256(json.dumps([name, str(Path(root).resolve()), settings(detector, crop_scale)]).encode())
     for r in records:
         digest.update(f"{r.path}|{r.age}|{r.gender}|{r.subject}|{r.split}\n".encode())
     return f"{name}-{digest.hexdigest()[:16]}"
 
 
 def load_or_build(name: str, root: str, records, detector: str = "scrfd", workers: int | None = None,
-                  progress: bool = True) -> PreprocessedSet:
-    """The cached preprocessed set for these records, building it (in parallel, with a progress bar) if needed."""
-    path = cache_dir() / "preprocessed" / f"{cache_key(name, root, records, detector)}.npz"
+                  progress: bool = True, crop_scale: float = faces.CROP_SCALE) -> PreprocessedSet:
+    """The cached preprocessed set for these records, building it (in parallel, with a progress bar) if needed.
+    `crop_scale`: the training run's, or the card's of the weights to be scored."""
+    path = cache_dir() / "preprocessed" / f"{cache_key(name, root, records, detector, crop_scale)}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as data:
             failed = json.loads(str(data["failed"]))
@@ -140,7 +143,7 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
     paths = [r.path for r in records]
     results = []
     with get_context("spawn").Pool(workers, _init_worker, (detector,)) as pool:
-        iterator = pool.imap(_process, paths, chunksize=32)
+        iterator = pool.imap(functools.partial(_process, crop_scale=crop_scale), paths, chunksize=32)
         if progress:
             from tqdm import tqdm
 

@@ -48,6 +48,10 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tight-crop-p", type=float, default=defaults.tight_crop_p,
                         help="fraction of faces whose margin is smeared as in a tightly cropped photo (UTKFace's "
                         "chips), so that a smeared margin does not tell one dataset apart (0-1)")
+    parser.add_argument("--crop-scale", type=float, default=None,
+                        help="face crop side / face size (eye distance or eye-to-mouth distance); recorded in the "
+                        "model card, where the runtime reads it (default: that of --init-weights, else "
+                        f"{defaults.crop_scale})")
     parser.add_argument("--age-bins", type=int, default=defaults.age_bins,
                         help="paper net: predict each age as a distribution over this many bins, trained with a "
                         "label-distribution loss plus L1 (0: plain L1 regression, as the paper)")
@@ -104,6 +108,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
+    from agegender_ros.faces import CROP_SCALE
+    from agegender_ros.weights import WeightsError, crop_scale, read_card
+
     from .datasets import DATASETS
     from .teachers import TEACHERS, TeacherError, fetch_teacher
     from .train import TrainConfig, comma_list, registered_teachers, teacher_paths
@@ -116,10 +123,24 @@ def config_from_args(args):
                           ("--distill-gender-weight", args.distill_gender_weight)):
         if share is not None and not 0.0 <= share <= 1.0:
             raise CommandError(f"{option}: expected a share between 0 and 1, got {share}")
+    try:  # fine-tuning goes on cropping faces as the weights learned them, unless told otherwise
+        scale = args.crop_scale if args.crop_scale is not None else \
+            crop_scale(read_card(args.init_weights)) if args.init_weights else CROP_SCALE
+    except WeightsError as error:
+        raise CommandError(f"--init-weights {args.init_weights}: {error}") from error
+    if not 1.0 <= scale <= 6.0:
+        raise CommandError(f"--crop-scale: expected a crop side of 1 to 6 face sizes, got {scale}")
     for teacher in teacher_paths(args.teacher):
         if not Path(teacher).is_file():
             raise CommandError(f"--teacher {teacher}: no such weight file, nor a registered teacher "
                                f"({', '.join(TEACHERS)})")
+        try:  # a weight-file teacher sees the student's crops, so it must have learned from crops like them
+            teacher_scale = crop_scale(read_card(teacher))
+        except WeightsError as error:
+            raise CommandError(f"--teacher {teacher}: {error}") from error
+        if teacher_scale != scale:
+            raise CommandError(f"--teacher {teacher} was trained on crops of scale {teacher_scale:g}, this run crops "
+                               f"at {scale:g}: pass --crop-scale {teacher_scale:g} or another teacher")
     for option, names in (("--teacher-skip", args.teacher_skip),
                           ("--teacher-calibration-reference", args.teacher_calibration_reference)):
         for name in comma_list(names):
@@ -139,7 +160,8 @@ def config_from_args(args):
         raise CommandError(f"--width: expected a positive channel multiplier, got {args.width}")
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
-                         camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p, age_bins=args.age_bins,
+                         camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p,
+                         crop_scale=scale, age_bins=args.age_bins,
                          width=args.width, reparam=args.reparam, age_balance=args.age_balance, seed=args.seed,
                          threads=args.threads, device=args.device,
                          init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
@@ -155,8 +177,12 @@ def config_from_args(args):
     return config
 
 
-def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True):
-    """Records -> preprocessed (cached) crops; layout problems become CommandErrors, bad files warnings."""
+def load_dataset(name: str, root: str, detector: str, gender_file: str | None = None, progress: bool = True,
+                 crop_scale: float | None = None):
+    """Records -> preprocessed (cached) crops at crop_scale (default: faces.CROP_SCALE); layout problems become
+    CommandErrors, bad files warnings."""
+    from agegender_ros.faces import CROP_SCALE
+
     from .cache import load_or_build
     from .datasets import DatasetLayoutError, load_records
 
@@ -168,7 +194,8 @@ def load_dataset(name: str, root: str, detector: str, gender_file: str | None = 
         print(f"warning: {path}: {reason} (skipped)", file=sys.stderr)
     if not records:
         raise CommandError(f"{root}: no labelled images found for dataset {name!r}")
-    data = load_or_build(name, root, records, detector=detector, progress=progress)
+    data = load_or_build(name, root, records, detector=detector, progress=progress,
+                         crop_scale=crop_scale or CROP_SCALE)
     for path, reason in data.failed:
         print(f"warning: {path}: {reason} (skipped)", file=sys.stderr)
     return data
@@ -245,7 +272,7 @@ def cmd_train(args) -> int:
     config = config_from_args(args)
     train_parts, val_parts, names, splits = [], [], [], []
     for name, root in _pairs(args):
-        data = load_dataset(name, root, args.detector, args.gender_file, not args.no_progress)
+        data = load_dataset(name, root, args.detector, args.gender_file, not args.no_progress, config.crop_scale)
         protocol = args.protocol or DEFAULT_PROTOCOL[name]
         _, fold_name, train_index, test_index = pick_fold(name, data, protocol, args.fold, args.split_seed)
         train_parts.append(data.subset(train_index))
@@ -310,7 +337,8 @@ def cmd_train(args) -> int:
         # Each dataset's held-out part on its own, so a combined run can be compared with single-dataset ones.
         result["per_dataset"] = {n: scores(part) for n, part in zip(names, val_parts)}
     # Datasets never trained on (e.g. all of FG-NET): the cross-dataset yardstick.
-    result["unseen"] = {name: scores(load_dataset(name, root, args.detector, None, not args.no_progress))
+    result["unseen"] = {name: scores(load_dataset(name, root, args.detector, None, not args.no_progress,
+                                                  config.crop_scale))
                         for name, root in unseen}
     (Path(args.out) / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     update_card(weights, {"metrics_per_dataset": result.get("per_dataset", {}), "metrics_unseen": result["unseen"]})
@@ -323,7 +351,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from agegender_ros.weights import WeightsError, load_model
+    from agegender_ros.weights import WeightsError, crop_scale, load_model
 
     from .datasets import detect_dataset
     from .metrics import age_gender_metrics
@@ -335,14 +363,14 @@ def cmd_evaluate(args) -> int:
         raise CommandError(f"{args.root}: cannot tell the dataset layout; pass --dataset")
     if args.teacher and (args.flip_tta or args.weights):
         raise CommandError("--teacher scores a teacher: --weights and --flip-tta are for our models")
-    model, trained = None, []
+    model, trained, scale = None, [], None  # a teacher crops its own input from the face box
     if not args.teacher:
         try:
             model, card = load_model(args.weights)
         except WeightsError as error:
             raise CommandError(str(error)) from error
-        trained = trained_splits(card)
-    data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json)
+        trained, scale = trained_splits(card), crop_scale(card)  # faces cropped as the weights were trained
+    data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json, crop_scale=scale)
     if args.protocol:
         split, test_index, seen = held_out_split(name, data, args, trained)
         data = data.subset(test_index)
@@ -434,7 +462,8 @@ def cmd_protocol(args) -> int:
     config = config_from_args(args)
     if not args.dataset:
         raise CommandError("--dataset is required")
-    data = load_dataset(args.dataset, args.root, args.detector, args.gender_file, not args.no_progress)
+    data = load_dataset(args.dataset, args.root, args.detector, args.gender_file, not args.no_progress,
+                        config.crop_scale)
     protocol = args.protocol or DEFAULT_PROTOCOL[args.dataset]
     fold_list = protocol_folds(args.dataset, data, protocol, args.split_seed)[: args.max_folds]
     splits = [split_record(args.dataset, protocol, fold, fold_name, args.split_seed, data, train_index, test_index)

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agegender_ros import faces
 from agegender_ros.model import (HEADS, MEAN_RGB, STD_RGB, AgeGenderModel, age_bin_centres, create_model,
                                   ensemble, normalise_crops_tensor)
-from agegender_ros.weights import load_model, save_weights
+from agegender_ros.weights import LEGACY_CROP_SCALE, load_model, save_weights
 
 from .cache import CONTEXT, PreprocessedSet
 from .metrics import age_gender_metrics
@@ -65,6 +66,8 @@ class TrainConfig:
     # replicates borders), so "smeared margin" would tell the network "UTKFace" and its age distribution. This
     # smears the margin of that fraction of every dataset's faces, as if they too came from a tight chip.
     tight_crop_p: float = 0.0
+    # Face crop side / face size (agegender_ros/faces.py); recorded in the model card, where the runtime reads it.
+    crop_scale: float = faces.CROP_SCALE
     age_bins: int = 0  # paper net only: 0 = regress each age (L1); K = label distribution over K bins (+ L1)
     width: float = 1.0  # paper net only: channel multiplier (1 = the paper's ~99.2k parameters; capacity studies)
     # Train every conv as parallel k x k, 1 x 1 and identity branches and fold them into the one conv it ships as
@@ -664,7 +667,7 @@ def load_checkpoint(path: Path, config: TrainConfig, data: PreprocessedSet, devi
     try:
         state = torch.load(path, map_location=device, weights_only=False)
         # An option added since the checkpoint was written had its default value then.
-        saved_recipe = {**recipe(TrainConfig()), **recipe(state["config"])}
+        saved_recipe = {**recipe(TrainConfig()), "crop_scale": LEGACY_CROP_SCALE, **recipe(state["config"])}
     except Exception as error:  # torch.load raises whatever the damaged file's unpickling hits
         raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error}); delete it to "
                          "start this run over") from error
@@ -869,5 +872,5 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     model_card = {"architecture": config.model, "model_args": config.model_args(),
                   "metrics": {k: v for k, v in metrics.items() if k != "mae_by_decade"}, **(card or {})}
-    save_weights(model.cpu().eval(), run_dir / "model.pt", model_card)
+    save_weights(model.cpu().eval(), run_dir / "model.pt", model_card, crop_scale=config.crop_scale)
     return result
