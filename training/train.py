@@ -666,7 +666,7 @@ def load_checkpoint(path: Path, config: TrainConfig, data: PreprocessedSet, devi
     """The checkpoint's state, once it is readable and was written by this recipe on these faces."""
     try:
         state = torch.load(path, map_location=device, weights_only=False)
-        # An option added since the checkpoint was written had its default value then.
+        # An option added since the checkpoint was written had its default value then (crop scale: 3.2).
         saved_recipe = {**recipe(TrainConfig()), "crop_scale": LEGACY_CROP_SCALE, **recipe(state["config"])}
     except Exception as error:  # torch.load raises whatever the damaged file's unpickling hits
         raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error}); delete it to "
