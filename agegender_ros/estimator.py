@@ -13,7 +13,7 @@ import numpy as np
 from .backends import Backend, create_backend
 from .faces import CROP_SCALE, FaceDetector, align_crop, create_detector
 from .model_io import normalise_crops
-from .weights import check_weights, crop_scale
+from .weights import crop_scale, default_weights_path, read_card
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,10 @@ class Estimator:
     @classmethod
     def create(cls, weights: str | None = None, detector: str = "auto", backend: str = "auto",
                detector_options: dict | None = None, backend_options: dict | None = None, **options) -> "Estimator":
-        return cls(create_detector(detector, **(detector_options or {})),
-                   create_backend(backend, weights, **(backend_options or {})),
-                   crop_scale=crop_scale(check_weights(weights)[1]), **options)
+        face_detector = create_detector(detector, **(detector_options or {}))
+        network = create_backend(backend, weights, **(backend_options or {}))  # checks the files and the card
+        return cls(face_detector, network, crop_scale=crop_scale(read_card(weights or default_weights_path())),
+                   **options)
 
     def __call__(self, frame_bgr: np.ndarray) -> list[FaceEstimate]:
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:

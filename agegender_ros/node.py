@@ -690,7 +690,7 @@ class AgeGenderNode(_NodeBase):
             from agegender_ros.backends import BackendUnavailable, create_backend
             from agegender_ros.estimator import Estimator
             from agegender_ros.faces import AUTO_ORDER, DETECTORS, DetectorUnavailable
-            from agegender_ros.weights import WeightsError, check_weights, crop_scale, default_weights_path
+            from agegender_ros.weights import WeightsError, crop_scale, default_weights_path, read_card
         except ImportError as error:
             raise StartupError(f"cannot import the estimator ({error}); is the package installed "
                                "with its dependencies (`pip install .`: numpy, opencv, onnxruntime)?") from error
@@ -727,7 +727,8 @@ class AgeGenderNode(_NodeBase):
 
             torch.set_num_threads(p["num_threads"])
         self.weights_path = weights or str(default_weights_path())
-        scale = crop_scale(check_weights(weights)[1])  # faces are cropped as the weights were trained
+        # Faces are cropped as the weights were trained (create_backend has checked the files and the card).
+        scale = crop_scale(read_card(self.weights_path))
         providers = getattr(backend, "providers", None)
         self.get_logger().info(
             f"detector {detector.name} (input {p['detector_input_size']}), backend {backend.name}"

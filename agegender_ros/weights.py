@@ -101,6 +101,7 @@ def read_card(weights_path: str | os.PathLike) -> dict[str, Any]:
 
 # Every weight file before crop scales were recorded by the runtime (cards without "crop") was trained at 3.2.
 LEGACY_CROP_SCALE = 3.2
+CROP_SCALE_RANGE = (1.0, 6.0)  # crop side in face sizes: from the face alone to head and shoulders
 
 
 def crop_scale(card: Dict[str, Any]) -> float:
@@ -110,8 +111,9 @@ def crop_scale(card: Dict[str, Any]) -> float:
     if size != faces.CROP_SIZE:
         raise WeightsError(f"these weights were trained on {size}x{size} crops; this version of agegender_ros makes "
                            f"{faces.CROP_SIZE}x{faces.CROP_SIZE} crops only")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1.0 <= scale <= 6.0:
-        raise WeightsError(f"the model card's crop scale {scale!r} is not a number between 1 and 6")
+    low, high = CROP_SCALE_RANGE
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not low <= scale <= high:
+        raise WeightsError(f"the model card's crop scale {scale!r} is not a number between {low:g} and {high:g}")
     return float(scale)
 
 

@@ -109,7 +109,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args):
     from agegender_ros.faces import CROP_SCALE
-    from agegender_ros.weights import WeightsError, crop_scale, read_card
+    from agegender_ros.weights import CROP_SCALE_RANGE, WeightsError, crop_scale, read_card
 
     from .datasets import DATASETS
     from .teachers import TEACHERS, TeacherError, fetch_teacher
@@ -128,8 +128,9 @@ def config_from_args(args):
             crop_scale(read_card(args.init_weights)) if args.init_weights else CROP_SCALE
     except WeightsError as error:
         raise CommandError(f"--init-weights {args.init_weights}: {error}") from error
-    if not 1.0 <= scale <= 6.0:
-        raise CommandError(f"--crop-scale: expected a crop side of 1 to 6 face sizes, got {scale}")
+    if not CROP_SCALE_RANGE[0] <= scale <= CROP_SCALE_RANGE[1]:
+        raise CommandError(f"--crop-scale: expected a crop side of {CROP_SCALE_RANGE[0]:g} to "
+                           f"{CROP_SCALE_RANGE[1]:g} face sizes, got {scale}")
     for teacher in teacher_paths(args.teacher):
         if not Path(teacher).is_file():
             raise CommandError(f"--teacher {teacher}: no such weight file, nor a registered teacher "
