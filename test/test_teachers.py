@@ -116,6 +116,11 @@ def test_teacher_pass_is_cached_per_face_and_names_unreadable_photos(teacher_fil
     monkeypatch.setattr(Teacher, "run", lambda *a, **k: pytest.fail("the teacher ran again"))
     again = teacher_targets("hse-faceres-deep", paths[1:2], boxes[1:2], "float32", progress=False)
     assert again.ages[0] == pytest.approx(first.ages[1])
+    # So does the same photo named from another working directory (another checkout of the project).
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
+    elsewhere = teacher_targets("hse-faceres-deep", ["../face0.png"], boxes[:1], "float32", progress=False)
+    assert elsewhere.ages[0] == pytest.approx(first.ages[0])
 
 
 def test_one_epoch_distillation_through_the_cli_with_cached_teacher_answers(teacher_files, tmp_path):

@@ -50,6 +50,36 @@ def test_cache_stores_context_crops_reports_failures_and_keys_on_settings(tmp_pa
     assert cached
 
 
+def test_the_cache_is_reused_from_another_working_directory_and_names_files_as_the_caller_does(
+        tmp_path, morph_folder, monkeypatch):
+    folder = tmp_path / "data" / "morph"
+    folder.parent.mkdir()
+    shutil.copytree(morph_folder, folder)
+    for extra in sorted(folder.iterdir())[6:]:
+        extra.unlink()
+    broken = sorted(folder.iterdir())[0]
+    broken.write_bytes(b"not an image")
+    monkeypatch.chdir(tmp_path)
+    built = cache_module.load_or_build("morph2", "data/morph", load_records("morph2", "data/morph")[0],
+                                       progress=False)
+    stored = set(Path(os.environ["AGEGENDER_CACHE"]).glob("**/*.npz"))
+    elsewhere = tmp_path / "another" / "checkout"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+
+    def no_rebuild(*args):
+        raise AssertionError("the cache was rebuilt")
+
+    monkeypatch.setattr(cache_module, "get_context", no_rebuild)
+    records, _ = load_records("morph2", "../../data/morph")
+    assert records[0].path == str(elsewhere / "../../data/morph" / broken.name)  # as the adapter names them
+    reused = cache_module.load_or_build("morph2", "../../data/morph", records, progress=False)
+    np.testing.assert_array_equal(reused.crops, built.crops)
+    assert list(reused.paths) == [r.path for r in records[1:]]
+    assert reused.failed == [(records[0].path, built.failed[0][1])]
+    assert set(Path(os.environ["AGEGENDER_CACHE"]).glob("**/*.npz")) == stored
+
+
 def test_augmentation_off_is_the_inference_crop():
     crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 80, 80, 3), dtype=np.uint8))
     x = augment_batch(crops, None, enabled=False)

@@ -2,9 +2,10 @@
 
 Crops are stored with extra context (`CONTEXT` x the inference crop) so augmentation can shift, scale and rotate
 without borders; the unaugmented centre of a stored crop is what `align_crop` gives at inference. One `.npz` per
-(dataset root, record list, settings): uint8 crops, labels, subject ids, whether a face was found, the face box in
-the photo (distillation teachers crop their own, larger inputs from it), and the files that failed and why. A
-change of any setting gives a new key, so stale caches are never reused.
+(dataset root, record list relative to it, settings), so any working directory or checkout reuses it: uint8 crops,
+labels, subject ids, whether a face was found, the face box in the photo (distillation teachers crop their own,
+larger inputs from it), and the files that failed and why. A change of any setting gives a new key, so stale caches
+are never reused.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ CONTEXT = 1.25  # stored crop side / inference crop side
 STORED_SIZE = round(faces.CROP_SIZE * CONTEXT)  # 80 px
 # Datasets of tight face crops (UTKFace) leave detectors no margin; pad before detecting.
 DETECT_PAD = 0.25
-CACHE_FORMAT = 4  # 4: face boxes stored
+CACHE_FORMAT = 5  # 4: face boxes stored; 5: paths stored relative to the dataset root
 
 
 @dataclass
@@ -122,10 +123,18 @@ def _process(path: str, crop_scale: float):
     return crop_with_context(image, face, crop_scale), detected, np.asarray(face.box, np.float32), None
 
 
+def relative_paths(root: str, records) -> list[str]:
+    """The records' files relative to the dataset root: what the cache keys on and stores, so that the same
+    dataset reached from another working directory or checkout reuses the cache."""
+    base = os.path.abspath(os.path.expanduser(root))
+    return [os.path.relpath(os.path.abspath(r.path), base) for r in records]
+
+
 def cache_key(name: str, root: str, records, detector: str, crop_scale: float = faces.CROP_SCALE) -> str:
-    digest = hashlib.sha256(json.dumps([name, str(Path(root).resolve()), settings(detector, crop_scale)]).encode())
-    for r in records:
-        digest.update(f"{r.path}|{r.age}|{r.gender}|{r.subject}|{r.split}\n".encode())
+    digest = hashlib.sha256(json.dumps([name, str(Path(root).expanduser().resolve()),
+                                        settings(detector, crop_scale)]).encode())
+    for r, relative in zip(records, relative_paths(root, records)):
+        digest.update(f"{relative}|{r.age}|{r.gender}|{r.subject}|{r.split}\n".encode())
     return f"{name}-{digest.hexdigest()[:16]}"
 
 
@@ -134,11 +143,15 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
     """The cached preprocessed set for these records, building it (in parallel, with a progress bar) if needed.
     `crop_scale`: the training run's, or the card's of the weights to be scored."""
     path = cache_dir() / "preprocessed" / f"{cache_key(name, root, records, detector, crop_scale)}.npz"
+    relative = relative_paths(root, records)
     if path.is_file():
+        # Stored paths are relative to the root; give them back as this caller's records name them.
+        as_given = dict(zip(relative, (r.path for r in records)))
         with np.load(path, allow_pickle=False) as data:
-            failed = json.loads(str(data["failed"]))
-            return PreprocessedSet(*(data[f] for f in ARRAY_FIELDS), [tuple(f) for f in failed],
-                                   np.full(len(data["ages"]), name))
+            arrays = {f: data[f] for f in ARRAY_FIELDS}
+            failed = [(as_given[p], reason) for p, reason in json.loads(str(data["failed"]))]
+        arrays["paths"] = np.array([as_given[p] for p in arrays["paths"]], dtype=str)
+        return PreprocessedSet(**arrays, failed=failed, sources=np.full(len(arrays["ages"]), name))
     workers = workers or min(2, os.cpu_count() or 1)
     paths = [r.path for r in records]
     results = []
@@ -166,6 +179,9 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, **{f: getattr(result, f) for f in ARRAY_FIELDS}, failed=json.dumps(failed))
+    stored = {f: getattr(result, f) for f in ARRAY_FIELDS}
+    stored["paths"] = np.array([relative[i] for i in keep], dtype=str)
+    np.savez(partial, **stored, failed=json.dumps([(relative[i], results[i][3]) for i in range(len(results))
+                                                   if results[i][0] is None]))
     os.replace(partial, path)
     return result

@@ -248,14 +248,17 @@ PRECISIONS = ("float32", "bfloat16")
 
 def _store(spec: TeacherSpec, precision: str) -> Path:
     """Where a teacher's answers are kept: one folder per teacher, preprocessing and precision, chunk files of
-    answers keyed by face (photo path + face box), so any subset or combination of datasets reuses them."""
+    answers keyed by face (the photo's real path + face box), so any subset or combination of datasets, from any
+    working directory, reuses them."""
     digest = hashlib.sha256(json.dumps([spec.files, spec.input_size, spec.margin, list(spec.mean_bgr)]).encode())
     return cache_dir() / "teacher_targets" / f"{spec.name}-{precision}-{digest.hexdigest()[:12]}"
 
 
 def face_keys(paths, boxes) -> np.ndarray:
+    # The photo's real path: the same file reached from another working directory or checkout keeps its answers.
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return np.array([hashlib.sha1(str(p).encode() + b.tobytes()).hexdigest() for p, b in zip(paths, boxes)])
+    return np.array([hashlib.sha1(os.path.realpath(p).encode() + b.tobytes()).hexdigest()
+                     for p, b in zip(paths, boxes)])
 
 
 def _read_store(folder: Path) -> dict[str, tuple]:
