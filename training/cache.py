@@ -130,11 +130,13 @@ def relative_paths(root: str, records) -> list[str]:
     return [os.path.relpath(os.path.abspath(r.path), base) for r in records]
 
 
-def cache_key(name: str, root: str, records, detector: str, crop_scale: float = faces.CROP_SCALE) -> str:
+def cache_key(name: str, root: str, records, detector: str, crop_scale: float = faces.CROP_SCALE,
+              relative: list[str] | None = None) -> str:
+    """`relative`: relative_paths(root, records), where the caller has them already."""
     digest = hashlib.sha256(json.dumps([name, str(Path(root).expanduser().resolve()),
                                         settings(detector, crop_scale)]).encode())
-    for r, relative in zip(records, relative_paths(root, records)):
-        digest.update(f"{relative}|{r.age}|{r.gender}|{r.subject}|{r.split}\n".encode())
+    for r, path in zip(records, relative if relative is not None else relative_paths(root, records)):
+        digest.update(f"{path}|{r.age}|{r.gender}|{r.subject}|{r.split}\n".encode())
     return f"{name}-{digest.hexdigest()[:16]}"
 
 
@@ -142,8 +144,8 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
                   progress: bool = True, crop_scale: float = faces.CROP_SCALE) -> PreprocessedSet:
     """The cached preprocessed set for these records, building it (in parallel, with a progress bar) if needed.
     `crop_scale`: the training run's, or the card's of the weights to be scored."""
-    path = cache_dir() / "preprocessed" / f"{cache_key(name, root, records, detector, crop_scale)}.npz"
     relative = relative_paths(root, records)
+    path = cache_dir() / "preprocessed" / f"{cache_key(name, root, records, detector, crop_scale, relative)}.npz"
     if path.is_file():
         # Stored paths are relative to the root; give them back as this caller's records name them.
         as_given = dict(zip(relative, (r.path for r in records)))
@@ -163,7 +165,8 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
             iterator = tqdm(iterator, total=len(paths), desc=f"preprocess {name}", unit="img")
         results = list(iterator)
     keep = [i for i, result in enumerate(results) if result[0] is not None]
-    failed = [(paths[i], result[3]) for i, result in enumerate(results) if result[0] is None]
+    dropped = [i for i, result in enumerate(results) if result[0] is None]
+    failed = [(paths[i], results[i][3]) for i in dropped]
     empty = np.zeros((0, STORED_SIZE, STORED_SIZE, 3), np.uint8)
     result = PreprocessedSet(
         crops=np.stack([results[i][0] for i in keep]) if keep else empty,
@@ -181,7 +184,6 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
     partial = path.with_name(path.name + ".partial.npz")
     stored = {f: getattr(result, f) for f in ARRAY_FIELDS}
     stored["paths"] = np.array([relative[i] for i in keep], dtype=str)
-    np.savez(partial, **stored, failed=json.dumps([(relative[i], results[i][3]) for i in range(len(results))
-                                                   if results[i][0] is None]))
+    np.savez(partial, **stored, failed=json.dumps([(relative[i], results[i][3]) for i in dropped]))
     os.replace(partial, path)
     return result
