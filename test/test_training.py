@@ -219,6 +219,13 @@ def test_init_weights_must_match_the_model(tmp_path, morph_folder, random_weight
                        "--out", tmp_path / "run")
     assert result.returncode == 2
     assert "is a 'paper' model, not 'ssrnet'" in result.stderr
+    # A missing weight file is a one-line error naming the option and the file, from train and protocol alike.
+    for command in ("train", "protocol"):
+        missing = agegender(command, "--dataset", "morph2", "--root", morph_folder, "--protocol", "kfold5",
+                            "--init-weights", tmp_path / "nope.pt", "--epochs", "1", "--no-progress",
+                            "--out", tmp_path / command)
+        assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+        assert missing.stderr.startswith(f"error: --init-weights {tmp_path / 'nope.pt'}: "), missing.stderr
 
 
 # --- bad files, recipe options, FG-NET -----------------------------------------------------------------------------

@@ -107,9 +107,32 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def config_from_args(args):
+def weight_cards(args) -> dict[str, dict]:
+    """The model cards of the weight files this run starts from or learns from (--init-weights, --teacher W.pt),
+    by path, each read once; a missing or unreadable file is a CommandError naming its option."""
+    from agegender_ros.weights import WeightsError, read_card
+
+    from .teachers import TEACHERS
+    from .train import teacher_paths
+
+    sources = [("--init-weights", args.init_weights)] if args.init_weights else []
+    sources += [("--teacher", path) for path in teacher_paths(getattr(args, "teacher", "") or "")]
+    cards = {}
+    for option, path in sources:
+        if option == "--teacher" and not Path(path).is_file():
+            raise CommandError(f"--teacher {path}: no such weight file, nor a registered teacher "
+                               f"({', '.join(TEACHERS)})")
+        try:
+            cards[path] = read_card(path)
+        except WeightsError as error:
+            raise CommandError(f"{option} {path}: {error}") from error
+    return cards
+
+
+def config_from_args(args, cards: dict[str, dict]):
+    """TrainConfig from the options; `cards`: weight_cards(args)."""
     from agegender_ros.faces import CROP_SCALE
-    from agegender_ros.weights import CROP_SCALE_RANGE, WeightsError, crop_scale, read_card
+    from agegender_ros.weights import CROP_SCALE_RANGE, crop_scale
 
     from .datasets import DATASETS
     from .teachers import TEACHERS, TeacherError, fetch_teacher
@@ -123,22 +146,15 @@ def config_from_args(args):
                           ("--distill-gender-weight", args.distill_gender_weight)):
         if share is not None and not 0.0 <= share <= 1.0:
             raise CommandError(f"{option}: expected a share between 0 and 1, got {share}")
-    try:  # fine-tuning goes on cropping faces as the weights learned them, unless told otherwise
-        scale = args.crop_scale if args.crop_scale is not None else \
-            crop_scale(read_card(args.init_weights)) if args.init_weights else CROP_SCALE
-    except WeightsError as error:
-        raise CommandError(f"--init-weights {args.init_weights}: {error}") from error
+    # Fine-tuning goes on cropping faces as the weights learned them, unless told otherwise.
+    scale = args.crop_scale if args.crop_scale is not None else \
+        crop_scale(cards[args.init_weights]) if args.init_weights else CROP_SCALE
     if not CROP_SCALE_RANGE[0] <= scale <= CROP_SCALE_RANGE[1]:
         raise CommandError(f"--crop-scale: expected a crop side of {CROP_SCALE_RANGE[0]:g} to "
                            f"{CROP_SCALE_RANGE[1]:g} face sizes, got {scale}")
     for teacher in teacher_paths(args.teacher):
-        if not Path(teacher).is_file():
-            raise CommandError(f"--teacher {teacher}: no such weight file, nor a registered teacher "
-                               f"({', '.join(TEACHERS)})")
-        try:  # a weight-file teacher sees the student's crops, so it must have learned from crops like them
-            teacher_scale = crop_scale(read_card(teacher))
-        except WeightsError as error:
-            raise CommandError(f"--teacher {teacher}: {error}") from error
+        # A weight-file teacher sees the student's crops, so it must have learned from crops like them.
+        teacher_scale = crop_scale(cards[teacher])
         if teacher_scale != scale:
             raise CommandError(f"--teacher {teacher} was trained on crops of scale {teacher_scale:g}, this run crops "
                                f"at {scale:g}: pass --crop-scale {teacher_scale:g} or another teacher")
@@ -226,12 +242,11 @@ def pick_fold(name: str, data, protocol: str, fold: int | None, seed: int,
     return (fold, *fold_list[fold])
 
 
-def inherited_splits(args, splits: list[dict]) -> list[dict]:
+def inherited_splits(args, splits: list[dict], cards: dict[str, dict]) -> list[dict]:
     """The splits that the --init-weights and the weight-file teachers (--teacher W.pt) trained on, after refusing
     any that trained on faces this run holds out: the held-out scores would be optimistic, silently (a teacher
-    leaks its training faces through its answers as init weights do through their filters)."""
-    from agegender_ros.weights import WeightsError, read_card
-
+    leaks its training faces through its answers as init weights do through their filters). `cards`:
+    weight_cards(args)."""
     from .protocols import merge_splits, split_conflicts, trained_splits
     from .train import teacher_paths
 
@@ -239,10 +254,7 @@ def inherited_splits(args, splits: list[dict]) -> list[dict]:
     sources += [("--teacher", path) for path in teacher_paths(getattr(args, "teacher", "") or "")]
     inherited: list[dict] = []
     for option, path in sources:
-        try:
-            trained = trained_splits(read_card(path))
-        except WeightsError as error:
-            raise CommandError(f"{option}: {error}") from error
+        trained = trained_splits(cards[path])
         for split in splits:
             problems = split_conflicts(trained, split)
             if problems and not args.allow_split_mismatch:
@@ -270,7 +282,8 @@ def cmd_train(args) -> int:
     from .protocols import DEFAULT_PROTOCOL, merge_splits, split_record
     from .train import train
 
-    config = config_from_args(args)
+    cards = weight_cards(args)
+    config = config_from_args(args, cards)
     train_parts, val_parts, names, splits = [], [], [], []
     for name, root in _pairs(args):
         data = load_dataset(name, root, args.detector, args.gender_file, not args.no_progress, config.crop_scale)
@@ -281,20 +294,20 @@ def cmd_train(args) -> int:
         names.append(f"{name}:{protocol}:{fold_name}")
         splits.append(split_record(name, protocol, args.fold, fold_name, args.split_seed, data, train_index,
                                    test_index))
-    splits = merge_splits(splits, inherited_splits(args, splits))
+    splits = merge_splits(splits, inherited_splits(args, splits, cards))
     unseen = []
     for item in args.unseen or []:
         name, _, root = item.partition("=")
         if name not in DATASETS or not root:
             raise CommandError(f"--unseen {item!r}: expected DATASET=ROOT with DATASET one of {', '.join(DATASETS)}")
         unseen.append((name, root))
-    from agegender_ros.weights import WeightsError, load_model, read_card, update_card
+    from agegender_ros.weights import WeightsError, load_model, update_card
 
     from .teachers import spec_for
     from .train import recipe, registered_teachers, teacher_paths
 
     teachers = [spec_for(name) for name in registered_teachers(config.teacher)]
-    weight_teachers = [(path, read_card(path)) for path in teacher_paths(config.teacher)]  # read: inherited_splits
+    weight_teachers = [(path, cards[path]) for path in teacher_paths(config.teacher)]
     # The age distribution is learned only when every teacher gives one (training/train.py: batch_teacher_targets).
     distilled = "age, age distribution, P(male)" if config.age_bins and config.distill_age_distribution and all(
         (c.get("model_args") or {}).get("age_bins") for _, c in weight_teachers) else "age, P(male)"
@@ -460,7 +473,8 @@ def cmd_protocol(args) -> int:
     from .train import train
 
     started = time.time()
-    config = config_from_args(args)
+    cards = weight_cards(args)
+    config = config_from_args(args, cards)
     if not args.dataset:
         raise CommandError("--dataset is required")
     data = load_dataset(args.dataset, args.root, args.detector, args.gender_file, not args.no_progress,
@@ -469,7 +483,7 @@ def cmd_protocol(args) -> int:
     fold_list = protocol_folds(args.dataset, data, protocol, args.split_seed)[: args.max_folds]
     splits = [split_record(args.dataset, protocol, fold, fold_name, args.split_seed, data, train_index, test_index)
               for fold, (fold_name, train_index, test_index) in enumerate(fold_list)]
-    inherited = inherited_splits(args, splits)
+    inherited = inherited_splits(args, splits, cards)
     out = Path(args.out)
     per_fold = []
     true_ages, predicted_ages = [], []
