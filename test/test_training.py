@@ -712,7 +712,7 @@ def test_loss_skips_missing_ages_and_lets_the_teacher_label_them():
 
 
 def test_celeba_gender_folders_are_read_with_gender_and_no_age(tmp_path):
-    from training.datasets import load_celeba_gender, GENDER_MALE, GENDER_FEMALE, GENDER_UNKNOWN
+    from training.datasets import GENDER_MALE, GENDER_FEMALE, GENDER_UNKNOWN
 
     face = cv2.imencode(".jpg", np.full((113, 89, 3), 128, np.uint8))[1].tobytes()
     for folder, names in {"Train/male": ["000001.jpg"], "Train/female": ["000002.jpg", "000003.jpg"],
