@@ -107,18 +107,23 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def weight_cards(args) -> dict[str, dict]:
-    """The model cards of the weight files this run starts from or learns from (--init-weights, --teacher W.pt),
-    by path, each read once; a missing or unreadable file is a CommandError naming its option."""
-    from agegender_ros.weights import WeightsError, read_card
-
-    from .teachers import TEACHERS
+def weight_files(args) -> list[tuple[str, str]]:
+    """(option, path) of each weight file this run starts from or learns from: --init-weights, --teacher W.pt."""
     from .train import teacher_paths
 
     sources = [("--init-weights", args.init_weights)] if args.init_weights else []
-    sources += [("--teacher", path) for path in teacher_paths(getattr(args, "teacher", "") or "")]
+    return sources + [("--teacher", path) for path in teacher_paths(getattr(args, "teacher", "") or "")]
+
+
+def weight_cards(args) -> dict[str, dict]:
+    """The model cards of weight_files(args), by path, each read once; a missing or unreadable file is a
+    CommandError naming its option."""
+    from agegender_ros.weights import WeightsError, read_card
+
+    from .teachers import TEACHERS
+
     cards = {}
-    for option, path in sources:
+    for option, path in weight_files(args):
         if option == "--teacher" and not Path(path).is_file():
             raise CommandError(f"--teacher {path}: no such weight file, nor a registered teacher "
                                f"({', '.join(TEACHERS)})")
@@ -248,12 +253,9 @@ def inherited_splits(args, splits: list[dict], cards: dict[str, dict]) -> list[d
     leaks its training faces through its answers as init weights do through their filters). `cards`:
     weight_cards(args)."""
     from .protocols import merge_splits, split_conflicts, trained_splits
-    from .train import teacher_paths
 
-    sources = [("--init-weights", args.init_weights)] if args.init_weights else []
-    sources += [("--teacher", path) for path in teacher_paths(getattr(args, "teacher", "") or "")]
     inherited: list[dict] = []
-    for option, path in sources:
+    for option, path in weight_files(args):
         trained = trained_splits(cards[path])
         for split in splits:
             problems = split_conflicts(trained, split)
