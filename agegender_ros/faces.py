@@ -412,18 +412,64 @@ DETECTORS = {"haar": HaarDetector, "blazeface": BlazeFaceDetector, "scrfd": Scrf
 AUTO_ORDER = ("scrfd", "blazeface", "haar")
 
 
+def auto_detector_notice(taken: str, skipped: dict, options: dict | None = None) -> str | None:
+    """One line for when detector `auto` did not get the best one (AUTO_ORDER[0], SCRFD): the detector it took,
+    why SCRFD is missing and the exact command that gets it; None when it got SCRFD. `skipped` maps each detector
+    tried before `taken` to why it was unavailable; `options` are the detector options (a `model_path`)."""
+    best = AUTO_ORDER[0]
+    if taken == best or best not in skipped:
+        return None
+    path = Path(options["model_path"]) if options and options.get("model_path") else default_scrfd_path()
+    from_env = " (AGEGENDER_SCRFD_ONNX)" if os.environ.get("AGEGENDER_SCRFD_ONNX") and path == default_scrfd_path() \
+        else ""
+    fixes = []
+    if importlib.util.find_spec("onnxruntime") is None:
+        why = "it needs ONNX Runtime, which is not installed"
+        fixes.append("pip install onnxruntime")
+    elif not path.is_file():
+        why = f"its weights are not at {path}{from_env}"
+    else:  # a file that is not SCRFD's (fetch-detector replaces a file whose checksum is wrong)
+        why = f"{path}{from_env}: {skipped[best]}"
+    if not fixes or not path.is_file():
+        fixes.append(_fetch_detector_command(path))
+    return (f"face detector: auto took {taken}, not {best} (the most accurate): {why}. "
+            f"Get it with: {' && '.join(fixes)}")
+
+
+def _fetch_detector_command(path: Path) -> str:
+    """The command that puts SCRFD's file at `path`: `agegender fetch-detector` where this Python's `agegender`
+    is on PATH, else the same through this Python (a colcon install has no console script)."""
+    import shlex
+    import shutil
+
+    found = shutil.which("agegender")
+    command = "agegender fetch-detector" if found and Path(found).parent == Path(sys.executable).parent else \
+        f"{shlex.quote(sys.executable)} -m agegender_ros.cli fetch-detector"
+    return command if path == default_scrfd_path() else f"{command} --out {shlex.quote(str(path))}"
+
+
+# The notices create_detector has logged: each is said once per process, however many estimators it builds.
+_NOTICES_SAID: set = set()
+
+
 def create_detector(name: str = "auto", **options) -> FaceDetector:
-    """A detector by name; `auto` falls back through AUTO_ORDER and logs why a detector was skipped."""
+    """A detector by name; `auto` falls back through AUTO_ORDER and logs why a detector was skipped: a warning
+    (once per process) when it did not get the best one, `auto_detector_notice`."""
     if name == "auto":
-        reasons = []
+        reasons = {}
         for candidate in AUTO_ORDER:
             try:
                 detector = DETECTORS[candidate](**options)
                 log.info("face detector: %s", candidate)
+                notice = auto_detector_notice(candidate, reasons, options)
+                if notice and notice not in _NOTICES_SAID:
+                    _NOTICES_SAID.add(notice)
+                    log.warning(notice)
                 return detector
             except DetectorUnavailable as error:
-                reasons.append(f"{candidate}: {error}")
-        raise DetectorUnavailable("no face detector available:\n  " + "\n  ".join(reasons))
+                reasons[candidate] = str(error)
+        raise DetectorUnavailable("no face detector available:\n  " + "\n  ".join(
+            f"{candidate}: {reason}" for candidate, reason in reasons.items()))
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose from auto, {', '.join(DETECTORS)}")
     return DETECTORS[name](**options)

@@ -689,12 +689,12 @@ class AgeGenderNode(_NodeBase):
         try:
             from agegender_ros.backends import BackendUnavailable, create_backend
             from agegender_ros.estimator import Estimator
-            from agegender_ros.faces import AUTO_ORDER, DETECTORS, DetectorUnavailable
+            from agegender_ros.faces import AUTO_ORDER, DETECTORS, DetectorUnavailable, auto_detector_notice
             from agegender_ros.weights import WeightsError, crop_scale, default_weights_path, read_card
         except ImportError as error:
             raise StartupError(f"cannot import the estimator ({error}); is the package installed "
                                "with its dependencies (`pip install .`: numpy, opencv, onnxruntime)?") from error
-        reasons = []
+        skipped = {}
         detector = None
         for name in (AUTO_ORDER if p["detector"] == "auto" else (p["detector"],)):
             try:
@@ -702,10 +702,15 @@ class AgeGenderNode(_NodeBase):
                                                               p["num_threads"], p["min_face_size"]))
                 break
             except DetectorUnavailable as error:
-                reasons.append(f"{name}: {error}")
+                skipped[name] = str(error)
+        reasons = [f"{name}: {reason}" for name, reason in skipped.items()]
         if detector is None:
             raise StartupError("no face detector available:\n  " + "\n  ".join(reasons))
-        if reasons:
+        # `auto` without the best detector (SCRFD): which one it took, why, and the command that fetches SCRFD.
+        notice = auto_detector_notice(detector.name, skipped) if p["detector"] == "auto" else None
+        if notice:
+            _log_warning(self.get_logger(), notice)
+        elif reasons:
             self.get_logger().info("face detector %s (skipped %s)" % (detector.name, "; ".join(reasons)))
 
         weights = os.path.expanduser(p["weights"]) if p["weights"] else None

@@ -1,5 +1,6 @@
 """`agegender predict` end to end on real photos, and every bad-input case: corrupt images, bad weights."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -250,3 +251,47 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     assert cli._progress(sources, SimpleNamespace(no_progress=True)) is sources
     one = sources[:1]
     assert cli._progress(one, args) is one  # one input: no bar
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Detector `auto` without SCRFD (issue 31): said once on stderr, with the reason and the command that fetches it
+
+
+def test_auto_without_scrfd_says_once_which_detector_why_and_how_to_fetch_it(tmp_path, random_weights):
+    missing = tmp_path / "no_such_dir" / "scrfd.onnx"
+    env = dict(os.environ, AGEGENDER_SCRFD_ONNX=str(missing))
+    # Two photos and a folder: three estimator inputs, one process, one notice.
+    result = subprocess.run([sys.executable, "-m", "agegender_ros.cli", "predict", str(SAMPLES / "astronaut.jpg"),
+                             str(SAMPLES / "solvay_1927.jpg"), str(SAMPLES), "--weights", str(random_weights)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    notices = [line for line in result.stderr.splitlines() if "face detector: auto took" in line]
+    assert len(notices) == 1, result.stderr
+    (notice,) = notices
+    taken = notice.split("auto took ", 1)[1].split(",", 1)[0]
+    assert taken in ("blazeface", "haar"), notice
+    assert f"not scrfd (the most accurate): its weights are not at {missing} (AGEGENDER_SCRFD_ONNX)" in notice
+    assert notice.rstrip().endswith("fetch-detector"), notice  # the default path: no --out needed
+    # The command it gives is one this interpreter can run.
+    command = notice.split("Get it with: ", 1)[1]
+    assert command == "agegender fetch-detector" or command.endswith(" -m agegender_ros.cli fetch-detector"), notice
+    # Without -v nothing else about detectors is logged, and stdout holds only the answers.
+    assert "agegender_ros.faces" not in result.stdout and "fetch-detector" not in result.stdout
+
+
+def test_no_notice_when_auto_gets_scrfd_or_a_detector_is_named(tmp_path, random_weights):
+    from agegender_ros.faces import DetectorUnavailable, ScrfdDetector
+
+    try:
+        ScrfdDetector()
+    except DetectorUnavailable as error:
+        pytest.skip(f"SCRFD is not installed here ({error})")
+    for options in ([], ["--detector", "haar"]):
+        env = dict(os.environ)
+        if options:  # a named detector never falls back, so nothing is said even without SCRFD
+            env["AGEGENDER_SCRFD_ONNX"] = str(tmp_path / "missing.onnx")
+        result = subprocess.run([sys.executable, "-m", "agegender_ros.cli", "predict", str(SAMPLES / "astronaut.jpg"),
+                                 "--weights", str(random_weights), *options],
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "face detector" not in result.stderr and "fetch-detector" not in result.stderr, result.stderr
