@@ -42,16 +42,19 @@ def ros_import(module: str, reason: str):
 
 
 def pytest_configure(config):
-    """Every cache the code under test writes (exported ONNX files, preprocessed faces, TensorRT engines) goes to
-    one temporary folder, removed when the run ends: never ~/.cache. Set here, before any fixture, because
-    session- and module-scoped fixtures run before a function-scoped one could redirect them; the processes the
-    tests start inherit it."""
+    """Every cache the code under test writes (exported ONNX files, preprocessed faces, TensorRT engines, and
+    matplotlib's font cache and config of the report's plots) goes to one temporary folder, removed when the run
+    ends: never ~/.cache or ~/.config. Set here, before any fixture, because session- and module-scoped fixtures
+    run before a function-scoped one could redirect them; the processes the tests start inherit it."""
     import tempfile
 
     folder = tempfile.mkdtemp(prefix="agegender-test-cache-")
     config.agegender_cache = folder
     os.environ["AGEGENDER_CACHE"] = folder
     os.environ["AGEGENDER_TRT_CACHE"] = os.path.join(folder, "ort-trt")
+    # matplotlib keeps both its config and its cache in MPLCONFIGDIR when it is set (else ~/.config/matplotlib
+    # and ~/.cache/matplotlib).
+    os.environ["MPLCONFIGDIR"] = os.path.join(folder, "matplotlib")
 
 
 def pytest_unconfigure(config):
