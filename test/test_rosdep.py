@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
@@ -99,6 +98,13 @@ def test_package_xml_declares_no_system_key_that_setup_py_lacks():
     assert not unexplained, (
         f"package.xml declares the run-time keys {sorted(unexplained)}, which match no install_requires of "
         "setup.py: add the requirement there, or list the key in ROS_SIDE_ONLY_KEYS with the reason")
+
+
+def test_docs_table_lists_each_requirement_with_its_key():
+    docs = (REPO / "docs" / "ros.md").read_text(encoding="utf-8")
+    section = docs.split("## Install in a ROS 2 workspace", 1)[-1].split("\n## ", 1)[0]
+    for name, key in PIP_TO_ROSDEP.items():
+        assert f"| `{name}` | `{key}` |" in section, f"docs/ros.md, Install in a ROS 2 workspace: no row for {name}"
 
 
 def test_a_requirement_without_key_is_documented_with_its_pip_line():
