@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 setup(
     name="agegender_ros",
     version="0.1.0",
-    description="Lightweight multi-task age estimation and gender classification (99k-parameter CNN) "
+    description="Lightweight multi-task age estimation and gender classification (100,951-parameter CNN) "
                 "with a ROS 2 node, ONNX Runtime / TensorRT backends and a training package",
     license="Apache-2.0 (code); bundled weights: research use only, see agegender_ros/weights/*.json",
     python_requires=">=3.8",
