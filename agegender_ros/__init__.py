@@ -1,4 +1,4 @@
-"""agegender_ros: the paper's ~99k-parameter multi-task age/gender CNN, a face pipeline and a ROS 2 node.
+"""agegender_ros: the paper's multi-task age/gender CNN (100,951 parameters), a face pipeline and a ROS 2 node.
 
 Everything in this package except `agegender_ros.node` and `agegender_ros.ros_session` (they import rclpy) is
 ROS-free.

@@ -235,7 +235,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     without_torch = importlib.util.find_spec("torch") is None
     parser = argparse.ArgumentParser(
-        prog="agegender", description="Age and gender from faces: the paper's 99k-parameter multi-task CNN, its "
+        prog="agegender", description="Age and gender from faces: the paper's multi-task CNN (100,951 parameters), its "
         "training and its ROS 2 node.", epilog=(f"Training commands (train, evaluate, protocol, report, "
                                                 f"annotate-gender) need PyTorch: {TORCH_INSTALL_HINT}")
         if without_torch else None)
