@@ -27,7 +27,9 @@ CONTEXT = 1.25  # stored crop side / inference crop side
 STORED_SIZE = round(faces.CROP_SIZE * CONTEXT)  # 80 px
 # Datasets of tight face crops (UTKFace) leave detectors no margin; pad before detecting.
 DETECT_PAD = 0.25
-CACHE_FORMAT = 5  # 4: face boxes stored; 5: paths stored relative to the dataset root
+# 4: face boxes stored; 5: paths stored relative to the dataset root; 6: age ranges and races stored, and the
+# detectors' close-up pass (agegender_ros/faces.py) finds faces that fill the photo
+CACHE_FORMAT = 6
 
 
 @dataclass
@@ -42,24 +44,40 @@ class PreprocessedSet:
     boxes: np.ndarray  # N x 4 float32 x1, y1, x2, y2 of that face (or the whole image) in the photo's pixels
     failed: list[tuple[str, str]]  # (path, reason) of images that could not be used at all
     sources: np.ndarray | None = None  # N str: the dataset each face came from (set when loaded, not stored)
+    # N x 2 float32 [low, high) years of an age-group label (high inf: open-ended); [age, age] for a year's label,
+    # NaN where there is no age. None: every label is a year (sets built by hand, e.g. in tests).
+    age_ranges: np.ndarray | None = None
+    races: np.ndarray | None = None  # N str: race labels ("" where none); None: the dataset has none
+
+    def __post_init__(self):
+        if self.age_ranges is None:
+            self.age_ranges = np.repeat(np.asarray(self.ages, np.float32)[:, None], 2, 1)
+        if self.races is None:
+            self.races = np.full(len(self.ages), "")
 
     def subset(self, index) -> "PreprocessedSet":
         index = np.asarray(index, np.int64)
         return PreprocessedSet(self.crops[index], self.ages[index], self.genders[index], self.subjects[index],
                                self.paths[index], self.splits[index], self.detected[index], self.boxes[index], [],
-                               None if self.sources is None else self.sources[index])
+                               None if self.sources is None else self.sources[index], self.age_ranges[index],
+                               self.races[index])
+
+    @property
+    def has_intervals(self) -> bool:
+        """Whether any face is labelled with an age group rather than a year."""
+        return bool((self.age_ranges[:, 1] > self.age_ranges[:, 0]).any())
 
     def __len__(self) -> int:
         return len(self.ages)
 
 
-ARRAY_FIELDS = ("crops", "ages", "genders", "subjects", "paths", "splits", "detected", "boxes")
+ARRAY_FIELDS = ("crops", "ages", "genders", "subjects", "paths", "splits", "detected", "boxes", "age_ranges", "races")
 
 
 def concatenate(sets: list[PreprocessedSet]) -> PreprocessedSet:
     sources = np.concatenate([s.sources for s in sets]) if all(s.sources is not None for s in sets) else None
-    return PreprocessedSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in ARRAY_FIELDS),
-                           [f for s in sets for f in s.failed], sources)
+    arrays = {f: np.concatenate([getattr(s, f) for s in sets]) for f in ARRAY_FIELDS}
+    return PreprocessedSet(**arrays, failed=[f for s in sets for f in s.failed], sources=sources)
 
 
 def settings(detector: str, crop_scale: float = faces.CROP_SCALE) -> dict:
@@ -136,7 +154,7 @@ def cache_key(name: str, root: str, records, detector: str, crop_scale: float = 
     digest = hashlib.sha256(json.dumps([name, str(Path(root).expanduser().resolve()),
                                         settings(detector, crop_scale)]).encode())
     for r, path in zip(records, relative if relative is not None else relative_paths(root, records)):
-        digest.update(f"{path}|{r.age}|{r.gender}|{r.subject}|{r.split}\n".encode())
+        digest.update(f"{path}|{r.age}|{r.gender}|{r.subject}|{r.split}|{r.age_range}|{r.race}\n".encode())
     return f"{name}-{digest.hexdigest()[:16]}"
 
 
@@ -175,6 +193,9 @@ def load_or_build(name: str, root: str, records, detector: str = "scrfd", worker
         subjects=np.array([records[i].subject for i in keep], dtype=str),
         paths=np.array([records[i].path for i in keep], dtype=str),
         splits=np.array([records[i].split for i in keep], dtype=str),
+        age_ranges=np.array([records[i].age_range or (records[i].age, records[i].age) for i in keep],
+                            np.float32).reshape(-1, 2),
+        races=np.array([records[i].race for i in keep], dtype=str),
         detected=np.array([results[i][1] for i in keep], bool),
         boxes=np.array([results[i][2] for i in keep], np.float32).reshape(-1, 4),
         failed=failed,

@@ -370,7 +370,7 @@ def cmd_evaluate(args) -> int:
     from agegender_ros.weights import WeightsError, crop_scale, load_model
 
     from .datasets import detect_dataset
-    from .metrics import age_gender_metrics
+    from .metrics import age_gender_metrics, group_report, interval_metrics
     from .protocols import describe_split, trained_splits
     from .train import predict_crops
 
@@ -403,23 +403,46 @@ def cmd_evaluate(args) -> int:
     else:
         age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"), flip=args.flip_tta)
     metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
+    grouped = {}
+    if data.has_intervals:  # age groups (FairFace): group accuracy; by race and by age group, misses counted wrong
+        grouped = {**interval_metrics(data.age_ranges, age),
+                   **group_report(data.races, data.age_ranges, age, data.genders, p_male, data.detected)}
     out = {"n": metrics["n"], "detected": int(data.detected.sum()), "mae": metrics["mae"],
            "gender_acc": metrics["gender_acc"], "ca3": metrics["ca3"], "ca5": metrics["ca5"],
            "failed": len(data.failed), "dataset": name, "flip_tta": args.flip_tta,
            "model": f"teacher {args.teacher} ({args.teacher_decode} age, {args.teacher_precision})" if args.teacher
            else str(args.weights or "default weights"),
            "faces": faces, "seen_in_training": seen,
-           "by_decade": metrics["mae_by_decade"]}
+           **grouped}
+    if not grouped:
+        out["by_decade"] = metrics["mae_by_decade"]
     if args.json:
         print(json.dumps(out))
         return 0
+    tables = ("by_decade", "all", "by_race", "by_age_group")
     for key, value in out.items():
-        if key != "by_decade":
+        if key not in tables:
             print(f"{key}: {value}")
-    print("ages     faces    MAE   bias (+ = predicted too old)")
-    for decade, row in out["by_decade"].items():
-        print(f"{decade:7s} {row['n']:6d} {row['mae']:6.2f} {row['bias']:+6.2f}")
+    if "by_decade" in out:
+        print("ages     faces    MAE   bias (+ = predicted too old)")
+        for decade, row in out["by_decade"].items():
+            print(f"{decade:7s} {row['n']:6d} {row['mae']:6.2f} {row['bias']:+6.2f}")
+    for table in ("by_race", "by_age_group"):
+        if table in out:
+            print(f"\n{table.replace('_', ' ')} (all faces, no face found = wrong; in brackets: of the faces found)")
+            print(f"{'':18s} {'faces':>6s} {'found':>6s} {'gender':>16s} {'age group':>16s}")
+            for key, row in [*out[table].items(), ("all", out["all"])]:
+                print(f"{key:18s} {row['n']:6d} {row['found']:6d} {_share(row, 'gender_acc'):>16s} "
+                      f"{_share(row, 'age_group_acc'):>16s}")
     return 0
+
+
+def _share(row: dict, key: str) -> str:
+    """'87.1% (88.0%)': a breakdown row's figure over all faces, and over the faces found."""
+    if row.get(key) is None:
+        return "-"
+    found = row.get(f"{key}_found")
+    return f"{row[key]:.1%}" + (f" ({found:.1%})" if found is not None else "")
 
 
 def held_out_split(name: str, data, args, trained: list[dict]):

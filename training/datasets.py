@@ -35,6 +35,11 @@ class Record:
     gender: int  # GENDER_*
     subject: str  # person id; the file stem where the dataset has no ids (subject splits then act per image)
     split: str = ""  # official split ("train", "val", "test") where the dataset defines one
+    # Where the dataset labels an age group instead of a year (FairFace's "20-29", "more than 70"): the ages it
+    # covers, [low, high) in years, high = inf for an open-ended group; `age` is then the group's representative age
+    # (its middle; low + 5 for open-ended), for summaries and sampling only. None where the label is a year.
+    age_range: tuple[float, float] | None = None
+    race: str = ""  # the dataset's race label where it has one (FairFace), for per-race reports
 
 
 Problem = tuple[str, str]
@@ -532,6 +537,102 @@ def load_celeba_gender(root: Path) -> LoadResult:
     return records, problems
 
 
+# --- FairFace -----------------------------------------------------------------------------------------------------
+# FairFace (Karkkainen & Joo, WACV 2021; CC BY 4.0): in-the-wild faces balanced over seven race groups, labelled with
+# an age group, gender and race. The layout of a copy such as the public repository sumanvithaeadala/
+# EthnicityDetection's: fairface_label_train.csv (file,age,gender,race[,service_test]) beside fair_face/train/N.jpg
+# (the CSV's `file` is relative to the image folder's parent). Only train/ is read: FairFace's val/ is kept for
+# measurements made outside this project, so it is never loaded, even when its CSV sits beside train's.
+
+FAIRFACE_LABEL_FILE = "fairface_label_train.csv"
+FAIRFACE_COLUMNS = ("file", "age", "gender", "race")
+FAIRFACE_GENDERS = {"male": GENDER_MALE, "female": GENDER_FEMALE}
+FAIRFACE_RACES = ("Black", "East Asian", "Indian", "Latino_Hispanic", "Middle Eastern", "Southeast Asian", "White")
+# FairFace's age groups as [low, high) years, under every spelling seen: a spreadsheet turned "3-9" into "03-Sep"
+# (or "Sep-03") and "10-19" into "Oct-19".
+FAIRFACE_AGE_GROUPS = {
+    "0-2": (0.0, 3.0), "3-9": (3.0, 10.0), "10-19": (10.0, 20.0), "20-29": (20.0, 30.0), "30-39": (30.0, 40.0),
+    "40-49": (40.0, 50.0), "50-59": (50.0, 60.0), "60-69": (60.0, 70.0), "more than 70": (70.0, math.inf),
+}
+FAIRFACE_AGE_SPELLINGS = {**{name: name for name in FAIRFACE_AGE_GROUPS},
+                          "03-sep": "3-9", "sep-03": "3-9", "3-sep": "3-9", "sep-3": "3-9", "oct-19": "10-19",
+                          "19-oct": "10-19", "70+": "more than 70", "70-": "more than 70"}
+OPEN_GROUP_SPAN = 10.0  # the representative age of an open-ended group: its low end + half this
+FAIRFACE_LAYOUT = (f"the FairFace layout: {FAIRFACE_LABEL_FILE} (columns {', '.join(FAIRFACE_COLUMNS)}) beside the "
+                   "folder its `file` paths start in (fair_face/train/1.jpg ...)")
+
+
+def representative_age(age_range: tuple[float, float]) -> float:
+    low, high = age_range
+    return low + OPEN_GROUP_SPAN / 2 if math.isinf(high) else (low + high) / 2
+
+
+def parse_age_group(text: str) -> tuple[float, float] | None:
+    """[low, high) years of a FairFace age cell under any of its spellings; None for an unknown cell."""
+    name = FAIRFACE_AGE_SPELLINGS.get(text.strip().lower())
+    return FAIRFACE_AGE_GROUPS[name] if name else None
+
+
+def age_group_name(age_range: tuple[float, float]) -> str:
+    low, high = age_range
+    return f"{low:g}+" if math.isinf(high) else f"{low:g}-{high - 1:g}"
+
+
+def _race_key(text: str) -> str:
+    return re.sub(r"[\s_]+", " ", text.strip().lower())  # "Latino_Hispanic" and "Latino Hispanic" alike
+
+
+def _fairface_image_base(root: Path, label_file: Path, first_file: str) -> Path:
+    """The folder the CSV's `file` paths are relative to: beside the CSV, or in its fair_face/ folder."""
+    for base in (label_file.parent, label_file.parent / "fair_face", root, root / "fair_face"):
+        if (base / first_file).is_file():
+            return base
+    return label_file.parent / "fair_face"
+
+
+def load_fairface(root: Path) -> LoadResult:
+    label_file = _child(root, FAIRFACE_LABEL_FILE, want_dir=False) if root.is_dir() else None
+    if label_file is None:
+        raise _layout_error(root, FAIRFACE_LAYOUT)
+    records: list[Record] = []
+    problems: list[Problem] = []
+    with label_file.open(newline="", encoding="utf-8-sig") as stream:
+        reader = csv.DictReader(stream)
+        header = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+        missing = [column for column in FAIRFACE_COLUMNS if column not in header]
+        if missing:
+            raise DatasetLayoutError(f"{label_file}: no column {', '.join(missing)} (expected {FAIRFACE_LAYOUT})")
+        rows = list(reader)
+    base = _fairface_image_base(root, label_file, (rows[0].get(header["file"]) or "").strip() if rows else "")
+    races = {_race_key(race): race for race in FAIRFACE_RACES}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        cells = {column: (row.get(header[column]) or "").strip() for column in FAIRFACE_COLUMNS}
+        where = f"{label_file}, line {line}"
+        age_range = parse_age_group(cells["age"])
+        gender = FAIRFACE_GENDERS.get(cells["gender"].lower())
+        race = races.get(_race_key(cells["race"]))
+        if not cells["file"] or PurePosixPath(cells["file"]).parts[:1] == ("val",):
+            if cells["file"]:  # a val row in the train CSV: reserved, never read
+                problems.append((where, f"{cells['file']}: FairFace's val/ is reserved, not read"))
+            else:
+                problems.append((where, "no file name"))
+            continue
+        unknown = [f"{column} {cells[column]!r}" for column, ok in
+                   (("age", age_range), ("gender", gender is not None), ("race", race)) if not ok]
+        if unknown:
+            problems.append((where, f"unknown {', '.join(unknown)} (file {cells['file']})"))
+            continue
+        path = base / PurePosixPath(cells["file"])
+        if not path.is_file():
+            problems.append((str(path), f"listed in {where} but missing"))
+            continue
+        records.append(Record(str(path), representative_age(age_range), gender, subject=f"fairface-{cells['file']}",
+                              split="train", age_range=age_range, race=race))
+    if not records:
+        raise _layout_error(root, FAIRFACE_LAYOUT)
+    return records, problems
+
+
 # --- registry ----------------------------------------------------------------------------------------------------
 
 DATASETS: dict[str, Callable[..., LoadResult]] = {
@@ -541,6 +642,7 @@ DATASETS: dict[str, Callable[..., LoadResult]] = {
     "aaf": load_aaf,
     "utkface": load_utkface,
     "celeba_gender": load_celeba_gender,
+    "fairface": load_fairface,
 }
 
 
@@ -574,6 +676,8 @@ def detect_dataset(root: str | os.PathLike) -> str:
         raise _layout_error(root, "a dataset folder")
     if _child(root, *AAF_IMAGE_FOLDERS):
         return "aaf"
+    if _child(root, FAIRFACE_LABEL_FILE, want_dir=False):
+        return "fairface"
     if any(any(_megaage_list_files(root, split)) for split in MEGAAGE_SPLITS):
         return "megaage_asian"
     if _morph_csvs(root):
@@ -682,5 +786,28 @@ def random_split(
         if len(test) >= test_count:
             break
         test.extend(groups[subject])
+    held_out = set(test)
+    return [i for i in range(len(records)) if i not in held_out], sorted(test)
+
+
+def stratified_split(records: Sequence[Record], test_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Seeded (train_idx, test_idx) holding out test_fraction of every (race, age group) stratum, so a dev set of a
+    tenth has every race and age in the proportions of the whole (FairFace's dev split)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    strata: dict[tuple, list[int]] = {}
+    for index, record in enumerate(records):
+        strata.setdefault((record.race, record.age_range or record.age), []).append(index)
+    rng = random.Random(seed)
+    # Systematic sampling over the strata laid end to end, each shuffled: every 1/test_fraction-th record is held
+    # out, so each stratum gives its share within one record, small strata included, and the total is exact.
+    ordered: list[int] = []
+    for key in sorted(strata, key=repr):
+        members = sorted(strata[key], key=lambda i: records[i].path)
+        rng.shuffle(members)
+        ordered.extend(members)
+    offset = rng.random()
+    test = [index for position, index in enumerate(ordered)
+            if math.floor((position + 1) * test_fraction + offset) > math.floor(position * test_fraction + offset)]
     held_out = set(test)
     return [i for i in range(len(records)) if i not in held_out], sorted(test)

@@ -1,4 +1,6 @@
-"""Evaluation metrics of the paper and the age-estimation literature: MAE, gender accuracy, CA(n), MAE per decade."""
+"""Evaluation metrics of the paper and the age-estimation literature: MAE, gender accuracy, CA(n), MAE per decade;
+for age-group labels (FairFace): group accuracy, one-off group accuracy and years outside the group; reports per
+race and per age group."""
 from __future__ import annotations
 
 import numpy as np
@@ -67,3 +69,91 @@ def mean_over_folds(fold_metrics: list[dict]) -> dict:
     summary["n"] = int(sum(m["n"] for m in fold_metrics))
     summary["folds"] = len(fold_metrics)
     return summary
+
+
+def age_groups(age_ranges: np.ndarray) -> np.ndarray:
+    """The distinct [low, high) age groups of a set's interval labels, sorted (G x 2): the classes that group
+    accuracy counts in."""
+    ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
+    ranges = ranges[np.isfinite(ranges[:, 0]) & (ranges[:, 1] > ranges[:, 0])]
+    return np.unique(ranges, axis=0) if len(ranges) else np.zeros((0, 2))
+
+
+def group_index(ages: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Which group each age falls in (by the groups' lower edges: an age between two groups, or past the last
+    one's end, belongs to the group below it; below the first, to the first)."""
+    return np.clip(np.searchsorted(groups[:, 0], np.asarray(ages, np.float64), side="right") - 1, 0,
+                   len(groups) - 1)
+
+
+def interval_metrics(age_ranges, age_pred, groups: np.ndarray | None = None) -> dict:
+    """Scores of predicted ages against age-group labels [low, high) (high inf: open-ended; faces without a group
+    label, or with a year's, are left out): the fraction whose predicted age falls in the labelled group
+    (age_group_acc), within one group of it (age_group_one_off), and the mean years outside it (0 inside)."""
+    ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
+    age_pred = np.asarray(age_pred, np.float64)
+    grouped = np.isfinite(ranges[:, 0]) & (ranges[:, 1] > ranges[:, 0])
+    if not grouped.any():
+        return {"age_group_n": 0, "age_group_acc": None, "age_group_one_off": None, "years_outside": None}
+    groups = age_groups(ranges) if groups is None else groups
+    ranges, age_pred = ranges[grouped], age_pred[grouped]
+    low, high = ranges[:, 0], ranges[:, 1]
+    outside = np.maximum(low - age_pred, 0) + np.maximum(age_pred - high, 0)
+    true_group, predicted_group = group_index(low, groups), group_index(age_pred, groups)
+    return {"age_group_n": int(grouped.sum()),
+            "age_group_acc": float(np.mean(predicted_group == true_group)),
+            "age_group_one_off": float(np.mean(np.abs(predicted_group - true_group) <= 1)),
+            "years_outside": float(outside.mean())}
+
+
+def group_name(low: float, high: float) -> str:
+    return f"{low:g}+" if np.isinf(high) else f"{low:g}-{high - 1:g}"
+
+
+def breakdown(keys, age_ranges, age_pred, gender_true, p_male, detected, order=None) -> dict[str, dict]:
+    """Per key (a race, an age group): faces, faces found, gender accuracy and age-group accuracy, each over all
+    faces with a miss (no face found) counted wrong, as a user sees it, and over the found faces alone."""
+    keys = np.asarray(keys).astype(str)
+    ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
+    age_pred, p_male = np.asarray(age_pred, np.float64), np.asarray(p_male, np.float64)
+    gender_true, detected = np.asarray(gender_true), np.asarray(detected, bool)
+    groups = age_groups(ranges)
+    rows = {}
+    for key in order if order is not None else sorted(set(keys.tolist())):
+        chosen = keys == key
+        if not chosen.any():
+            continue
+        found = chosen & detected
+        gender_right = (p_male >= 0.5) == (gender_true == 1)
+        known = gender_true >= 0
+        row = {"n": int(chosen.sum()), "found": int(found.sum())}
+        if (chosen & known).any():
+            row["gender_acc"] = float(np.mean((gender_right & detected)[chosen & known]))
+            row["gender_acc_found"] = float(np.mean(gender_right[found & known])) if (found & known).any() else None
+        if len(groups):
+            in_group = np.zeros(len(keys), bool)
+            grouped = np.isfinite(ranges[:, 0]) & (ranges[:, 1] > ranges[:, 0])
+            in_group[grouped] = group_index(age_pred[grouped], groups) == group_index(ranges[grouped, 0], groups)
+            if (chosen & grouped).any():
+                row["age_group_acc"] = float(np.mean((in_group & detected)[chosen & grouped]))
+                row["age_group_acc_found"] = float(np.mean(in_group[found & grouped])) \
+                    if (found & grouped).any() else None
+        rows[key] = row
+    return rows
+
+
+def group_report(races, age_ranges, age_pred, gender_true, p_male, detected) -> dict:
+    """For sets with age-group labels: overall figures with misses counted wrong, and the breakdowns by race
+    (where the set has race labels) and by age group."""
+    ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
+    groups = age_groups(ranges)
+    names = np.array([group_name(*groups[g]) for g in group_index(ranges[:, 0], groups)]) if len(groups) \
+        else np.full(len(ranges), "")
+    everyone = np.full(len(ranges), "all")
+    report = {"all": breakdown(everyone, ranges, age_pred, gender_true, p_male, detected)["all"],
+              "by_age_group": breakdown(names, ranges, age_pred, gender_true, p_male, detected,
+                                        order=[group_name(*g) for g in groups])}
+    races = np.asarray(races).astype(str)
+    if (races != "").any():
+        report["by_race"] = breakdown(races, ranges, age_pred, gender_true, p_male, detected)
+    return report

@@ -5,8 +5,10 @@
   kfold5          the paper's MORPH-II protocol: 5 random image-level folds, mean over folds
   kfold5-subject  5 subject-exclusive folds (no person in both train and test) - what careful work reports
   lopo            FG-NET leave-one-person-out: one fold per subject, MAE pooled over all images
+  dev10           seeded 90/10 split stratified by race and age group (FairFace's train/, whose val/ is reserved
+                  for measurements outside the project): the dev set has every race and age as the whole has
 
-random80 and the k-folds draw their split from a split seed of its own (`--split-seed`, default 0), apart from the
+random80, dev10 and the k-folds draw their split from a split seed of its own (`--split-seed`, default 0), apart from the
 training seed. Every run's model card records the splits it trained on (`splits`, its init weights' included), so
 that `evaluate` scores the faces those weights held out and `train --init-weights` refuses weights that trained on
 the faces a run holds out (split_conflicts below).
@@ -18,19 +20,21 @@ import re
 from pathlib import Path
 
 from .cache import PreprocessedSet
-from .datasets import Record, kfold, leave_one_subject_out, official_split, random_split
+from .datasets import Record, kfold, leave_one_subject_out, official_split, random_split, stratified_split
 
-PROTOCOLS = ("official", "random80", "kfold5", "kfold5-subject", "lopo")
+PROTOCOLS = ("official", "random80", "kfold5", "kfold5-subject", "lopo", "dev10")
 DEFAULT_PROTOCOL = {"aaf": "official", "utkface": "random80", "morph2": "kfold5", "fgnet": "lopo",
-                    "megaage_asian": "official", "celeba_gender": "official"}
+                    "megaage_asian": "official", "celeba_gender": "official", "fairface": "dev10"}
 # The paper's table each protocol reproduces, for `agegender report`.
 PAPER_TABLE = {("morph2", "kfold5"): "Table 1/3 (MORPH-II, 5-fold)", ("fgnet", "lopo"): "Table 2/4 (FG-NET, LOPO)",
                ("megaage_asian", "official"): "Table 5 (MegaAge-Asian)"}
 
 
 def as_records(data: PreprocessedSet) -> list[Record]:
-    return [Record(str(p), float(a), int(g), str(s), str(sp))
-            for p, a, g, s, sp in zip(data.paths, data.ages, data.genders, data.subjects, data.splits)]
+    return [Record(str(p), float(a), int(g), str(s), str(sp),
+                   (float(r[0]), float(r[1])) if r[1] > r[0] else None, str(race))
+            for p, a, g, s, sp, r, race in zip(data.paths, data.ages, data.genders, data.subjects, data.splits,
+                                               data.age_ranges, data.races)]
 
 
 def folds(protocol: str, data: PreprocessedSet, seed: int = 0) -> list[tuple[str, list[int], list[int]]]:
@@ -47,6 +51,9 @@ def folds(protocol: str, data: PreprocessedSet, seed: int = 0) -> list[tuple[str
     if protocol in ("kfold5", "kfold5-subject"):
         return [(f"fold{i}", train, test) for i, (train, test) in
                 enumerate(kfold(records, k=5, seed=seed, by_subject=protocol == "kfold5-subject"))]
+    if protocol == "dev10":
+        train, test = stratified_split(records, test_fraction=0.1, seed=seed)
+        return [("dev10", train, test)]
     if protocol == "lopo":
         return [(f"subject-{subject}", train, test) for subject, train, test in leave_one_subject_out(records)]
     raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")

@@ -37,7 +37,7 @@ from agegender_ros.model import (HEADS, MEAN_RGB, STD_RGB, AgeGenderModel, age_b
 from agegender_ros.weights import LEGACY_CROP_SCALE, load_model, save_weights
 
 from .cache import CONTEXT, PreprocessedSet
-from .metrics import age_gender_metrics
+from .metrics import age_gender_metrics, group_report, interval_metrics
 from .reparam import expand, fuse
 
 log = logging.getLogger(__name__)
@@ -265,10 +265,20 @@ def _weighted_mean(label_loss: torch.Tensor, label_weight: torch.Tensor, teacher
     return total.sum() / covered.sum().clamp(min=1)
 
 
+def interval_l1(predicted: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Years outside [low, high]: 0 inside an age-group label, |predicted - age| for a year's label (low = high)."""
+    return F.relu(low - predicted) + F.relu(predicted - high)
+
+
 def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders: torch.Tensor,
-                   config: TrainConfig, teacher: tuple[torch.Tensor, torch.Tensor] | None = None
-                   ) -> tuple[torch.Tensor, dict[str, float]]:
+                   config: TrainConfig, teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   age_ranges: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum over heads of age L1 (MAE) and gender BCE.
+
+    age_ranges (faces x 2), where given, are the age labels' [low, high] years: the age loss is the years outside
+    that range, zero inside an age group (FairFace's "20-29") and the L1 to the age for a year's label (low = high);
+    label-distribution heads then learn the group's bins. A teacher's age for a face with an age group is expected
+    to lie inside it already (train() clips it there).
 
     Labels may be missing: a NaN age (CelebA), gender -1 (FG-NET); such a face adds nothing to that term. teacher =
     (age, P(male)) per face (NaN where a teacher has no answer): where a face has both a label and a teacher
@@ -298,7 +308,11 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     else:
         age_weights, gender_weights = (has_age.float(), None), (known.float(), None)
     gender_label = genders.clamp(min=0).float()
-    has_distribution, distribution_target = age_distribution_targets(outputs, ages, config, teacher, a)
+    has_distribution, distribution_target = age_distribution_targets(outputs, ages, config, teacher, a, age_ranges)
+    if age_ranges is not None and config.distill_age_mix == "target" and teacher is not None:
+        # The teacher's age, inside the face's group, is the mixed target's label part too.
+        grouped = has_age & has_teacher_age & (age_ranges[:, 1] > age_ranges[:, 0])
+        age_label = torch.where(grouped, teacher_age, age_label)
     total = torch.zeros((), device=ages.device)
     parts = {}
     for head in HEADS:
@@ -309,8 +323,12 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
             if distilled is not None:
                 parts[f"{head}_age_distilled"] = float(_weighted_mean(distilled, has_teacher_age.float(), None,
                                                                       None).detach())
-            loss = _weighted_mean((predicted - age_label).abs() * config.age_loss_scale, age_weights[0], distilled,
-                                  age_weights[1])
+            if age_ranges is None or config.distill_age_mix == "target":
+                to_label = (predicted - age_label).abs()
+            else:
+                to_label = interval_l1(predicted, torch.nan_to_num(age_ranges[:, 0]),
+                                       torch.nan_to_num(age_ranges[:, 1], nan=0.0, posinf=torch.inf))
+            loss = _weighted_mean(to_label * config.age_loss_scale, age_weights[0], distilled, age_weights[1])
             if f"{head}_age_logits" in outputs and has_distribution.any():
                 distribution = distribution_loss(outputs[f"{head}_age_logits"][has_distribution],
                                                  distribution_target)
@@ -423,7 +441,10 @@ def teacher_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, me
     from .teachers.calibration import MIN_FACES, fit_calibration
 
     sources = data_sources(data)
-    both = np.isfinite(teacher_ages) & np.isfinite(data.ages)
+    # Faces labelled with a year only: a map fitted to age groups' middles would pull every age onto a few values.
+    # A dataset of age groups (FairFace) takes the reference map, and its teacher ages are clipped into each face's
+    # group afterwards (clip_into_age_groups).
+    both = np.isfinite(teacher_ages) & np.isfinite(data.ages) & (data.age_ranges[:, 1] <= data.age_ranges[:, 0])
     references = comma_list(reference)
     pool = both & np.isin(sources, references) if references else both
     maps = {}
@@ -441,6 +462,39 @@ def teacher_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, me
         log.info("teacher calibration for %s (%s map fitted on %s, %d faces)", name, method, maps[name].fitted_on,
                  maps[name].faces)
     return maps
+
+
+def clip_into_age_groups(teacher_ages: np.ndarray, data: PreprocessedSet) -> np.ndarray:
+    """The teacher's ages, each clipped into its face's labelled age group where the face has one (the teacher
+    knows the age better than a group's middle, the label knows the group better than the teacher)."""
+    low, high = data.age_ranges[:, 0], data.age_ranges[:, 1]
+    grouped = np.isfinite(teacher_ages) & np.isfinite(low) & (high > low)
+    clipped = np.array(teacher_ages, np.float32, copy=True)
+    # [low, high): the group's last year ends just below high
+    clipped[grouped] = np.clip(teacher_ages[grouped], low[grouped], np.minimum(high[grouped] - 0.5, 200.0))
+    return clipped
+
+
+def restrict_to_age_groups(distributions: np.ndarray, data: PreprocessedSet, bins: int, sigma: float = 0.0
+                           ) -> np.ndarray:
+    """The teachers' age distributions of faces with an age group, restricted to that group: each bin's mass times
+    the share of the bin's span that lies in the group, renormalised (the teacher's belief given the label); where
+    the teacher puts no mass in the group, the group's label distribution."""
+    low, high = data.age_ranges[:, 0], data.age_ranges[:, 1]
+    grouped = np.flatnonzero(np.isfinite(distributions).all(1) & np.isfinite(low) & (high > low))
+    if not len(grouped):
+        return distributions
+    centres = age_bin_centres(bins).numpy().astype(np.float64)
+    half = (centres[1] - centres[0]) / 2
+    overlap = (np.minimum(centres + half, high[grouped, None]) - np.maximum(centres - half, low[grouped, None]))
+    share = np.clip(overlap / (2 * half), 0, 1)
+    product = distributions[grouped] * share
+    mass = product.sum(1, keepdims=True)
+    group = interval_label_distribution(torch.from_numpy(data.age_ranges[grouped]), bins, sigma).numpy()
+    restricted = np.where(mass > 1e-6, product / np.maximum(mass, 1e-12), group)
+    out = np.array(distributions, np.float32, copy=True)
+    out[grouped] = restricted
+    return out
 
 
 def apply_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, maps: dict) -> np.ndarray:
@@ -529,21 +583,44 @@ def label_distribution(ages: torch.Tensor, bins: int, sigma: float = 0.0) -> tor
     return torch.softmax(-(centres[None, :] - ages[:, None]) ** 2 / (2 * sigma ** 2), 1)
 
 
+# An open-ended age group ("70+") spreads its mass over this many years above its low end.
+OPEN_GROUP_YEARS = 20.0
+INTERVAL_SAMPLES = 16  # ages averaged over a group's span for its label distribution
+
+
+def interval_label_distribution(age_ranges: torch.Tensor, bins: int, sigma: float = 0.0) -> torch.Tensor:
+    """The label distribution of an age group [low, high): the Gaussian label distributions of ages spread evenly
+    over it, averaged (a flat stretch over the group's bins with soft edges); an open-ended group spans
+    OPEN_GROUP_YEARS."""
+    low = age_ranges[:, 0]
+    high = torch.where(torch.isinf(age_ranges[:, 1]), low + OPEN_GROUP_YEARS, age_ranges[:, 1])
+    steps = (torch.arange(INTERVAL_SAMPLES, device=age_ranges.device, dtype=low.dtype) + 0.5) / INTERVAL_SAMPLES
+    ages = low[:, None] + steps[None, :] * (high - low)[:, None]  # faces x samples
+    return label_distribution(ages.reshape(-1), bins, sigma).reshape(len(low), INTERVAL_SAMPLES, bins).mean(1)
+
+
 def distribution_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """KL divergence from the target age distribution to the predicted one, averaged over faces."""
     return F.kl_div(torch.log_softmax(logits, 1), target, reduction="batchmean")
 
 
 def age_distribution_targets(outputs: dict[str, torch.Tensor], ages: torch.Tensor, config: TrainConfig,
-                             teacher: tuple | None, a: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+                             teacher: tuple | None, a: float,
+                             age_ranges: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(which faces, their target age distribution) for label-distribution heads: the Gaussian label distribution
-    where a face has an age, the teachers' distribution where it has one, (1 - a) x label + a x teacher where it
-    has both. Mixing the targets of a KL loss is the same as mixing the two losses (it is linear in its target)."""
+    where a face has an age (an age group's: interval_label_distribution), the teachers' distribution where it has
+    one, (1 - a) x label + a x teacher where it has both. Mixing the targets of a KL loss is the same as mixing the
+    two losses (it is linear in its target)."""
     logits = next((v for k, v in outputs.items() if k.endswith("_age_logits")), None)
     has_age = torch.isfinite(ages)
     if logits is None:
         return torch.zeros_like(has_age), None
     labelled = label_distribution(torch.nan_to_num(ages), logits.shape[1], config.age_sigma)
+    if age_ranges is not None:
+        grouped = has_age & (age_ranges[:, 1] > age_ranges[:, 0])
+        if grouped.any():
+            labelled = labelled.clone()
+            labelled[grouped] = interval_label_distribution(age_ranges[grouped], logits.shape[1], config.age_sigma)
     teacher_distribution = teacher[2] if teacher is not None and len(teacher) > 2 else None
     if teacher_distribution is None:
         return has_age, labelled[has_age]
@@ -599,6 +676,9 @@ def evaluate(model: AgeGenderModel, data: PreprocessedSet, device: torch.device,
     age, p_male, spread = predict_crops(model, data.crops, device, flip=flip)
     metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
     metrics["detected"] = int(data.detected.sum())
+    if data.has_intervals:  # age groups: the MAE above is to the groups' middles, these are what counts
+        metrics.update(interval_metrics(data.age_ranges, age))
+        metrics["groups"] = group_report(data.races, data.age_ranges, age, data.genders, p_male, data.detected)
     return metrics, {"age_true": data.ages, "age_pred": age, "gender_true": data.genders, "p_male": p_male,
                      "age_std": spread, "paths": data.paths}
 
@@ -768,6 +848,8 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     crops = torch.from_numpy(train_set.crops).to(device)
     ages = torch.from_numpy(train_set.ages).to(device)
     genders = torch.from_numpy(train_set.genders.astype(np.int64)).to(device)
+    # Only sets with age-group labels take the interval loss (for year labels it is the same L1).
+    age_ranges = torch.from_numpy(train_set.age_ranges).to(device) if train_set.has_intervals else None
     teachers = load_teachers(config.teacher, device) if config.teacher else []
     # Age bins whose teacher distribution the student learns (0: only the teachers' ages; the paper net's option,
     # the baselines have none).
@@ -784,8 +866,13 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             if rank == 0:
                 (run_dir / "teacher_calibration.json").write_text(json.dumps(
                     {name: c.to_json() for name, c in calibrations.items()}, indent=1) + "\n")
+        if train_set.has_intervals:
+            cached = (clip_into_age_groups(cached[0], train_set), cached[1])
         if distill_bins:
-            cached = (*cached, answers.distributions(data_sources(train_set), distill_bins, calibrations))
+            distributions = answers.distributions(data_sources(train_set), distill_bins, calibrations)
+            if train_set.has_intervals:
+                distributions = restrict_to_age_groups(distributions, train_set, distill_bins, config.age_sigma)
+            cached = (*cached, distributions)
     if cached is not None:
         cached = tuple(torch.from_numpy(t).to(device) for t in cached)
     # Faces without an age label (CelebA) are binned by the teachers' age when balancing ages.
@@ -825,7 +912,8 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = train_model(x)
             loss, parts = multitask_loss({k: v.float() for k, v in outputs.items()}, ages[index], genders[index],
-                                         config, batch_teacher_targets(teachers, x, cached, index, distill_bins))
+                                         config, batch_teacher_targets(teachers, x, cached, index, distill_bins),
+                                         None if age_ranges is None else age_ranges[index])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             optimizer_step(optimizer, scheduler, scaler)
@@ -842,7 +930,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
             continue
         metrics, _ = evaluate(model, val_set, device) if len(val_set) else ({}, None)
         entry = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "images_per_s": seen * world / elapsed,
-                 **{k: v for k, v in metrics.items() if k != "mae_by_decade"}}
+                 **{k: v for k, v in metrics.items() if k not in ("mae_by_decade", "groups")}}
         history.append(entry)
         if writer:
             for key in ("mae", "gender_acc", "ca3", "ca5"):
