@@ -16,7 +16,7 @@
 #   AGEGENDER_TEST_TIMEOUT=1800      hard limit (s) for `colcon test`, killed with SIGKILL after it
 #   AGEGENDER_SKIP_BUILD=1           only test what is already built
 #   AGEGENDER_TESTS=REGEX            run only the CTest tests matching REGEX (pytest, launch_detections,
-#                                    launch_lifecycle, launch_failures)
+#                                    launch_lifecycle, launch_failures, launch_image_publisher)
 #   AGEGENDER_BUILD_BASE=build AGEGENDER_INSTALL_BASE=install   colcon's build and install folders
 # Exit status: non-zero when the build fails or any test fails.
 set -euo pipefail
@@ -91,7 +91,7 @@ colcon test-result --test-result-base "$BUILD_BASE" --verbose || rc=$((rc ? rc :
 # With the ROS 2 tools built here, the launch tests must have run: a registration that silently went away
 # (launch_testing_ament_cmake not found) would otherwise pass unnoticed.
 if [[ -n "$UNDERLAY" && -z "${AGEGENDER_TESTS:-}" ]]; then
-  for name in launch_detections launch_lifecycle launch_failures; do
+  for name in launch_detections launch_lifecycle launch_failures launch_image_publisher; do
     if [[ ! -f "$BUILD_BASE/agegender_ros/test_results/agegender_ros/$name.xunit.xml" ]]; then
       echo "ros_build_test.sh: the launch test $name did not run (see the CMake output of the build)" >&2
       rc=$((rc ? rc : 1))
