@@ -220,7 +220,7 @@ def test_megaage_mismatched_list_lengths_name_both_files(tmp_path):
 # --- wrong layouts, registry, detection --------------------------------------------------------------------------
 
 EXPECTED_LAYOUT_NAMES = {"morph2": "MORPH-II", "fgnet": "FG-NET", "megaage_asian": "MegaAge-Asian",
-                         "aaf": "All-Age-Faces", "utkface": "UTKFace", "celeba_gender": "CelebA"}
+                         "aaf": "All-Age-Faces", "utkface": "UTKFace", "celeba_gender": "CelebA", "fairface": "FairFace"}
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
