@@ -208,8 +208,13 @@ def main(argv: list | None = None) -> int:
     try:
         profile = dds_environment(args.dds_profile, os.environ)
     except ParameterError as error:
-        print(f"image_publisher: {error}", file=sys.stderr)
-        return 2
+        if args.dds_profile.strip() != "auto":
+            print(f"image_publisher: {error}", file=sys.stderr)
+            return 2
+        # A pip install has no config/ folder (colcon installs it into the share folder): DDS's defaults.
+        print(f"image_publisher: warning: the package's DDS profile is not installed here ({error}); large frames "
+              "may be lost", file=sys.stderr)
+        profile = {}
     os.environ.update(profile)
     profile_note = next(iter(profile.values()), None) or next(
         (os.environ[name] for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")

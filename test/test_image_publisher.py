@@ -83,6 +83,8 @@ def test_help_works_without_ros():
 def test_it_takes_the_launch_files_shared_memory_profile():
     from agegender_ros.launch_args import DDS_PROFILE_FILE, DDS_PROFILE_VARIABLES
 
+    if not (Path(publisher.share_directory()) / "config" / DDS_PROFILE_FILE).is_file():
+        pytest.skip("no config/ folder here (pip install .: colcon and the source checkout have it)")
     environment = publisher.dds_environment("auto", {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"})
     assert set(environment) == set(DDS_PROFILE_VARIABLES)
     for path in environment.values():
