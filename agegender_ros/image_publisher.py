@@ -163,15 +163,16 @@ def own_arguments(argv: list) -> list:
     return own
 
 
-def _wait_for_subscriber(node, publisher, topic: str, timeout: float) -> bool:
-    """True once something subscribes to `topic` (the first frame would be lost before discovery matched it)."""
+def _wait_for_subscriber(node, publisher, topic: str, timeout: float, ok) -> bool:
+    """True once something subscribes to `topic` (the first frame would be lost before discovery matched it);
+    False after `timeout` s or once `ok()` is False (Ctrl-C)."""
     count = getattr(publisher, "get_subscription_count", None) or (lambda: node.count_subscribers(topic))
     deadline = time.monotonic() + timeout
-    while count() == 0:
+    while ok() and count() == 0:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-    return True
+    return ok()
 
 
 def _deliver(publisher, timeout_s: float = 5.0) -> None:
@@ -241,20 +242,21 @@ def main(argv: list | None = None) -> int:
           + (f", {args.count} frame(s)" if args.count else "")
           + (f"; Fast DDS profile {profile_note}" if profile_note else "; no DDS profile") + "; Ctrl-C stops",
           flush=True)
-    if not _wait_for_subscriber(node, publisher, topic, args.wait):
-        print(f"image_publisher: nothing subscribes to {topic} after {args.wait:g} s; publishing anyway", flush=True)
     period = 1.0 / rate if rate else 0.0
-    published, last_stamp_ns, due = 0, 0, time.monotonic()
-    started = time.monotonic()
-    status_at = started + 10.0
-    status = 0
+    published, last_stamp_ns, status = 0, 0, 0
     try:
+        if not _wait_for_subscriber(node, publisher, topic, args.wait, rclpy.ok) and rclpy.ok():
+            print(f"image_publisher: nothing subscribes to {topic} after {args.wait:g} s; publishing anyway",
+                  flush=True)
+        due = started = time.monotonic()
+        status_at = started + 10.0
         for frame in frames(args.source, args.loop, args.max_image_pixels):
             now = time.monotonic()
             if kind == "device" and now < due:
                 continue  # a camera sends at its own rate: drop the frames between two due times
-            if now < due:
-                time.sleep(due - now)
+            while now < due and rclpy.ok():  # in short steps: Ctrl-C (rclpy's handler) ends the wait at once
+                time.sleep(min(0.1, due - now))
+                now = time.monotonic()
             if not rclpy.ok():
                 break
             stamp_ns = max(node.get_clock().now().nanoseconds, last_stamp_ns + 1)  # strictly increasing
@@ -279,6 +281,10 @@ def main(argv: list | None = None) -> int:
         status = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # rclpy was shut down (Ctrl-C) between a check and a call: not an error
     finally:
         if published and rclpy.ok():
             _deliver(publisher)
