@@ -24,9 +24,10 @@ from training import cache as cache_module  # noqa: E402
 from training.datasets import (FAIRFACE_LABEL_FILE, GENDER_FEMALE, GENDER_MALE, detect_dataset,  # noqa: E402
                                load_records, parse_age_group, stratified_split)
 from training.metrics import group_report, interval_metrics  # noqa: E402
+from training.distill import clip_into_age_groups, restrict_to_age_groups  # noqa: E402
+from training.losses import interval_label_distribution, label_distribution, multitask_loss  # noqa: E402
 from training.protocols import folds  # noqa: E402
-from training.train import (TrainConfig, clip_into_age_groups, interval_label_distribution,  # noqa: E402
-                            label_distribution, multitask_loss, restrict_to_age_groups)
+from training.train import TrainConfig  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "agegender_ros" / "samples"
 INF = math.inf

@@ -185,7 +185,7 @@ def test_teacher_skip_leaves_a_datasets_faces_to_their_labels(monkeypatch):
     """--teacher-skip aaf: AAF's faces get no teacher target (NaN, so the loss uses their labels alone), and the
     teacher is not even run on them."""
     from training.cache import concatenate
-    from training.train import cached_teacher_answers
+    from training.distill import cached_teacher_answers
 
     asked = []
 
@@ -222,7 +222,7 @@ def test_teacher_distributions_follow_each_datasets_age_map_and_skip_list(monkey
     NaN, UTKFace's bins moved through UTKFace's age map (here: + 10 years), so their mean moves by 10."""
     from training.cache import concatenate
     from training.teachers.calibration import AgeCalibration
-    from training.train import cached_teacher_answers, data_sources
+    from training.distill import cached_teacher_answers, data_sources
 
     asked = []
 
@@ -278,7 +278,7 @@ def test_each_dataset_gets_its_own_teacher_age_map_and_unlabelled_ones_the_refer
     """AAF's faces get the map fitted on AAF's labels, UTKFace's on UTKFace's, CelebA's (no ages) the reference
     dataset's; a skipped dataset (no teacher ages) gets none."""
     from training.cache import concatenate
-    from training.train import apply_age_calibrations, teacher_age_calibrations
+    from training.distill import apply_age_calibrations, teacher_age_calibrations
 
     rng = np.random.default_rng(1)
 

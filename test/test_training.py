@@ -16,9 +16,11 @@ import torch
 
 from conftest import shared
 from training import cache as cache_module
+from training.augment import augment_batch
 from training.datasets import load_records
+from training.losses import multitask_loss
 from training.protocols import folds
-from training.train import TrainConfig, augment_batch, multitask_loss
+from training.train import TrainConfig
 from agegender_ros import faces
 from agegender_ros.model import age_bin_centres, create_model, normalise_crops_tensor
 
@@ -275,7 +277,7 @@ def test_reader_catches_a_truncated_jpeg_that_opencv_decodes(tmp_path, monkeypat
 
 def test_label_distribution_model_keeps_six_outputs_and_the_parameter_budget():
     from agegender_ros.model import count_parameters
-    from training.train import distribution_loss, label_distribution
+    from training.losses import distribution_loss, label_distribution
 
     def label_distribution_loss(logits, ages):
         return distribution_loss(logits, label_distribution(ages, logits.shape[1]))
@@ -414,7 +416,7 @@ def test_train_scores_unseen_datasets_into_metrics_and_model_card(tmp_path, morp
 
 
 def test_tight_crop_smears_the_margin_of_the_chosen_faces_only():
-    from training.train import tight_crop
+    from training.augment import tight_crop
 
     grid = torch.nn.functional.affine_grid(torch.eye(2, 3).repeat(4, 1, 1) * 0.8, (4, 3, 64, 64), align_corners=False)
     unchanged = tight_crop(grid, 0.0, torch.Generator().manual_seed(0))
@@ -495,7 +497,7 @@ def test_target_mixing_learns_the_mixed_age_where_the_loss_mix_is_flat():
 def test_teacher_age_distribution_mixes_into_the_label_distribution():
     """Label-distribution heads: a face with an age and a teacher distribution learns (1 - a) x Gaussian label +
     a x teacher's; a face with only one learns that one; none of it changes when no teacher gives a distribution."""
-    from training.train import label_distribution
+    from training.losses import label_distribution
 
     bins, a = 6, 0.25
     ages, genders = torch.tensor([30.0, float("nan"), 50.0, float("nan")]), torch.tensor([1, 1, 0, 0])
@@ -520,7 +522,7 @@ def test_teacher_age_distribution_mixes_into_the_label_distribution():
 def test_a_weight_file_teacher_gives_its_age_distribution_on_the_students_bins():
     """A wider net of ours as teacher: its heads' bin probabilities, weighted as its age weighs them, so the
     distribution's expectation is its predicted age, also after sharing them out onto a student's other bins."""
-    from training.train import batch_teacher_targets, online_teacher_targets
+    from training.distill import batch_teacher_targets, online_teacher_targets
 
     torch.manual_seed(0)
     teacher = create_model("paper", age_bins=12, width=2).eval()

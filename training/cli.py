@@ -29,9 +29,10 @@ def _dataset_args(parser: argparse.ArgumentParser, repeatable: bool) -> None:
 def _train_args(parser: argparse.ArgumentParser) -> None:
     from agegender_ros.model import available_models
 
+    from .losses import AGE_MIXES
     from .protocols import PROTOCOLS
     from .teachers.calibration import METHODS as CALIBRATIONS
-    from .train import AGE_MIXES, TrainConfig
+    from .train import TrainConfig
 
     defaults = TrainConfig()
     parser.add_argument("--protocol", choices=PROTOCOLS, help="default: the dataset's usual protocol")
@@ -109,7 +110,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 def weight_files(args) -> list[tuple[str, str]]:
     """(option, path) of each weight file this run starts from or learns from: --init-weights, --teacher W.pt."""
-    from .train import teacher_paths
+    from .distill import teacher_paths
 
     sources = [("--init-weights", args.init_weights)] if args.init_weights else []
     return sources + [("--teacher", path) for path in teacher_paths(getattr(args, "teacher", "") or "")]
@@ -140,8 +141,9 @@ def config_from_args(args, cards: dict[str, dict]):
     from agegender_ros.weights import CROP_SCALE_RANGE, crop_scale
 
     from .datasets import DATASETS
+    from .distill import comma_list, registered_teachers, teacher_paths
     from .teachers import TEACHERS, TeacherError, fetch_teacher
-    from .train import TrainConfig, comma_list, registered_teachers, teacher_paths
+    from .train import TrainConfig
 
     try:
         weights = {k: float(v) for k, v in (item.split("=") for item in args.loss_weights.split(",") if item)}
@@ -305,12 +307,13 @@ def cmd_train(args) -> int:
         unseen.append((name, root))
     from agegender_ros.weights import WeightsError, load_model, update_card
 
+    from .checkpoints import recipe
+    from .distill import registered_teachers, teacher_paths
     from .teachers import spec_for
-    from .train import recipe, registered_teachers, teacher_paths
 
     teachers = [spec_for(name) for name in registered_teachers(config.teacher)]
     weight_teachers = [(path, cards[path]) for path in teacher_paths(config.teacher)]
-    # The age distribution is learned only when every teacher gives one (training/train.py: batch_teacher_targets).
+    # The age distribution is learned only when every teacher gives one (training/distill.py: batch_teacher_targets).
     distilled = "age, age distribution, P(male)" if config.age_bins and config.distill_age_distribution and all(
         (c.get("model_args") or {}).get("age_bins") for _, c in weight_teachers) else "age, P(male)"
     card = {"training_data": " + ".join(f"{n} ({len(t)} train / {len(v)} held out)"

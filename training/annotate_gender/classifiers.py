@@ -9,7 +9,7 @@ A classifier is named by one of
   whose `final_gender` output is the classifier's logit.
 
 Every classifier sees our 64x64 training/inference crops (training.cache's stored crop, augmented on the device by
-training.train.augment_batch). A network that cannot run at 64 px (timm's inception_v3 needs 75) gets its input
+training.augment.augment_batch). A network that cannot run at 64 px (timm's inception_v3 needs 75) gets its input
 upsampled to the smallest size it accepts; the size is stored with the weights.
 """
 from __future__ import annotations
@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.train import augment_batch, pick_device, save_checkpoint, seed_everything
+from training.augment import augment_batch
+from training.checkpoints import save_checkpoint
+from training.train import pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 
