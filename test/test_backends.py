@@ -505,7 +505,8 @@ def test_bench_json_one_line_with_every_part(monkeypatch, capsys, tmp_path):
     assert set(ssrnet["speed_over_paper"]["onnxruntime"]) == {"1", "4"}
     e2e = report["end_to_end"]
     assert e2e["frame"] == "640x480" and e2e["fps_1_face"] > 0 and e2e["fps_5_faces"] > 0
-    assert e2e["faces_found"] == {"1": 1, "5": 5}, "the pasted real faces must all be detected"
+    assert e2e["faces_found"] == {"0": 0, "1": 1, "5": 5}, "the pasted real faces must all be detected"
+    assert e2e["fps_no_face"] > 0
     assert e2e["detector"] and e2e["backend"] in ("tensorrt", "onnxruntime")
     assert "end_to_end_fps_1_face" in report["goals"] and report["device"]
 
