@@ -45,7 +45,10 @@ def test_shipped_card_records_the_aaf_faces_it_held_out():
     records, _ = load_records("aaf", shared("aaf"))
     val = [r.path for r in records if r.split == "val"]
     splits = {split["dataset"]: split for split in read_card(default_weights_path())["splits"]}
-    assert set(splits) == {"aaf", "utkface"} and splits["utkface"]["split_seed"] == 0
+    assert set(splits) <= {"aaf", "utkface", "fairface"} and splits["utkface"]["split_seed"] == 0
+    if "fairface" in splits:  # its train/ less the stratified tenth it holds out (FairFace's val/ is never read)
+        assert splits["fairface"]["protocol"] == "dev10" and splits["fairface"]["split_seed"] == 0
+        assert splits["fairface"]["held_out_faces"] == 4_000
     assert splits["aaf"]["protocol"] == "official" and splits["aaf"]["held_out_faces"] == len(val)
     assert splits["aaf"]["held_out_sha256"] == held_out_fingerprint(val)
 
@@ -94,3 +97,37 @@ def test_model_card_names_where_its_figures_come_from():
     assert set(card["metrics_per_dataset"]) >= {"aaf:official:official", "utkface:random80:random80"}
     assert "fgnet" in card["metrics_unseen"]
     json.dumps(card)  # plain JSON, as shipped
+
+
+def test_shipped_weights_on_fairface_dev_split_where_a_user_keeps_fairface():
+    """FairFace is never bundled (tests and CI never need it): with AGEGENDER_FAIRFACE naming the folder that holds
+    fairface_label_train.csv, the shipped weights are scored on a fixed fifth of the dev split they held out, and
+    hold the card's figures there (gender, and age-group accuracy)."""
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("AGEGENDER_FAIRFACE")
+    if not root or not (Path(root) / "fairface_label_train.csv").is_file():
+        pytest.skip("FairFace is not here: set AGEGENDER_FAIRFACE to the folder holding fairface_label_train.csv")
+    torch = require_torch()
+    from agegender_ros.weights import crop_scale, default_weights_path, load_model, read_card
+    from training.cache import load_or_build
+    from training.datasets import load_records
+    from training.metrics import interval_metrics
+    from training.protocols import folds
+    from training.train import predict_crops
+
+    card = read_card(default_weights_path())
+    figures = card["metrics_per_dataset"].get("fairface:dev10:dev10")
+    if figures is None:
+        pytest.skip("the shipped weights did not train on FairFace")
+    records, _ = load_records("fairface", root)
+    model, card = load_model()
+    data = load_or_build("fairface", root, records, progress=False, crop_scale=crop_scale(card))
+    (_, _, held_out), = folds("dev10", data)
+    data = data.subset(held_out[::5])
+    ages, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"))
+    gender = float(np.mean((p_male >= 0.5) == (data.genders == 1)))
+    groups = interval_metrics(data.age_ranges, ages)["age_group_acc"]
+    assert gender >= figures["gender_acc"] - GENDER_SLACK and groups >= figures["age_group_acc"] - 0.05, \
+        (gender, groups, figures)
