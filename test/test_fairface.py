@@ -256,6 +256,7 @@ def test_train_one_epoch_and_evaluate_by_race_and_age_group(tmp_path, face_files
     assert result.returncode == 0, result.stderr
     card = json.loads((run / "model.json").read_text())
     assert card["splits"][0]["protocol"] == "dev10" and card["splits"][0]["held_out_faces"] == 7
+    assert "CC BY 4.0" in card["licence"] and "Research use only" not in card["licence"]
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     assert 0 <= metrics["age_group_acc"] <= metrics["age_group_one_off"] <= 1 and metrics["years_outside"] >= 0
     assert set(metrics["groups"]["by_race"]) <= set(RACES)
@@ -311,3 +312,11 @@ def test_a_face_that_runs_past_the_edges_is_found_by_the_close_up_pass(name):
     # In the frame's pixels, the box is larger than the frame and around its centre.
     assert x1 < 0.1 * w and x2 > 0.9 * w and y1 < 0.1 * h and y2 > 0.9 * h
     assert abs((x1 + x2) / 2 - w / 2) < 0.2 * w and abs((y1 + y2) / 2 - h / 2) < 0.25 * h
+
+
+def test_the_card_licence_names_fairface_and_keeps_the_research_only_datasets():
+    from training.cli import licence_of_datasets
+
+    licence = licence_of_datasets(["aaf", "utkface", "fairface"])
+    assert licence.startswith("Research use only") and "(aaf, utkface)" in licence
+    assert "FairFace" in licence and "CC BY 4.0" in licence

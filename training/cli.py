@@ -271,6 +271,18 @@ def inherited_splits(args, splits: list[dict], cards: dict[str, dict]) -> list[d
     return inherited
 
 
+def licence_of_datasets(names: list[str]) -> str:
+    """What the training datasets' licences leave of the weights' use: research only when any is released for
+    non-commercial research (all but FairFace), with each open dataset's licence and attribution named."""
+    from .datasets import OPEN_DATASET_LICENCES
+
+    restricted = [name for name in dict.fromkeys(names) if name not in OPEN_DATASET_LICENCES]
+    text = (f"Research use only: trained on datasets released for non-commercial research ({', '.join(restricted)});"
+            " do not use commercially." if restricted else "")
+    return " ".join([text] + [f"Also trained on {name}: {OPEN_DATASET_LICENCES[name]}."
+                              for name in dict.fromkeys(names) if name in OPEN_DATASET_LICENCES]).strip()
+
+
 def _pairs(args) -> list[tuple[str, str]]:
     datasets, roots = args.dataset, args.root
     if datasets is None:
@@ -318,8 +330,7 @@ def cmd_train(args) -> int:
         (c.get("model_args") or {}).get("age_bins") for _, c in weight_teachers) else "age, P(male)"
     card = {"training_data": " + ".join(f"{n} ({len(t)} train / {len(v)} held out)"
                                         for n, t, v in zip(names, train_parts, val_parts)),
-            "licence": "Research use only: trained on datasets released for non-commercial research "
-                       f"({', '.join(name for name, _ in _pairs(args))}); do not use commercially."
+            "licence": licence_of_datasets([name for name, _ in _pairs(args)])
                        + "".join(f" Distilled from teacher {t.name} ({t.licence}), which learned from {t.saw}."
                                  for t in teachers)
                        + "".join(f" Distilled from our own weights {path}, whose card says: {c.get('licence', '?')}"

@@ -545,6 +545,9 @@ def load_celeba_gender(root: Path) -> LoadResult:
 # measurements made outside this project, so it is never loaded, even when its CSV sits beside train's.
 
 FAIRFACE_LABEL_FILE = "fairface_label_train.csv"
+FAIRFACE_LICENCE = ("FairFace (K. Karkkainen and J. Joo, \"FairFace: Face Attribute Dataset for Balanced Race, Gender, "
+                    "and Age\", WACV 2021; github.com/joojs/fairface), released by its authors under CC BY 4.0 "
+                    "(attribution required; its photos come from the YFCC-100M Flickr set)")
 FAIRFACE_COLUMNS = ("file", "age", "gender", "race")
 FAIRFACE_GENDERS = {"male": GENDER_MALE, "female": GENDER_FEMALE}
 FAIRFACE_RACES = ("Black", "East Asian", "Indian", "Latino_Hispanic", "Middle Eastern", "Southeast Asian", "White")
@@ -631,6 +634,10 @@ def load_fairface(root: Path) -> LoadResult:
     if not records:
         raise _layout_error(root, FAIRFACE_LAYOUT)
     return records, problems
+
+
+# Datasets whose licence allows more than non-commercial research, with what a model card must say of them.
+OPEN_DATASET_LICENCES = {"fairface": FAIRFACE_LICENCE}
 
 
 # --- registry ----------------------------------------------------------------------------------------------------
