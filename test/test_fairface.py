@@ -272,6 +272,20 @@ def test_train_one_epoch_and_evaluate_by_race_and_age_group(tmp_path, face_files
     assert "by race" in text.stdout and "by age group" in text.stdout and "Latino_Hispanic" in text.stdout
 
 
+def test_midpoint_ablation_learns_the_groups_middles(tmp_path, face_files):
+    root = write_fairface(tmp_path / "ff", face_files[:32])
+    result = agegender("train", "--dataset", "fairface", "--root", root, "--epochs", "2", "--batch-size", "8",
+                       "--age-groups", "midpoint", "--threads", "1", "--no-progress", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["recipe"]["age_groups"] == "midpoint"
+    from training.train import TrainConfig as Config, train
+
+    with pytest.raises(ValueError, match="age_groups 'years'"):
+        data = cache_module.load_or_build("fairface", str(root), load_records("fairface", root)[0], progress=False)
+        train(Config(age_groups="years", epochs=1), data, data.subset([]), tmp_path / "bad", progress=False)
+
+
 def test_dev10_is_the_fairface_default_and_recorded_with_its_seed(tmp_path, face_files):
     records, _ = load_records("fairface", write_fairface(tmp_path / "ff", face_files))
     data = cache_module.PreprocessedSet(

@@ -65,6 +65,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--age-balance", type=float, default=defaults.age_balance,
                         help="sample faces with probability (faces in their 5-year age bin)^-P: 0 = each face once "
                         "per epoch, 1 = every age bin equally often")
+    parser.add_argument("--age-groups", choices=("interval", "midpoint"), default=defaults.age_groups,
+                        help="age-group labels (fairface): learn them as intervals (default), or as the group's "
+                        "middle age (ablation)")
     parser.add_argument("--teacher", default="", help="knowledge distillation: comma-separated teachers whose mean "
                         "age and P(male) are a second target (training only): registered teachers "
                         "(hse-faceres-deep, hse-faceres: run once per training face, cached) and/or our own "
@@ -186,7 +189,8 @@ def config_from_args(args, cards: dict[str, dict]):
                          weight_decay=args.weight_decay, loss_weights=weights, augment=not args.no_augment,
                          camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p,
                          crop_scale=scale, age_bins=args.age_bins,
-                         width=args.width, reparam=args.reparam, age_balance=args.age_balance, seed=args.seed,
+                         width=args.width, reparam=args.reparam, age_balance=args.age_balance,
+                         age_groups=args.age_groups, seed=args.seed,
                          threads=args.threads, device=args.device,
                          init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
                          distill_gender_weight=args.distill_gender_weight,

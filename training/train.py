@@ -17,6 +17,7 @@ its share of every epoch's permutation and DistributedDataParallel averages grad
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -74,6 +75,9 @@ class TrainConfig:
     # once per epoch (the paper), 1 = every age bin equally often. Counters the pull towards the training sets'
     # mean age that shows as overestimated children and underestimated elderly on faces from elsewhere.
     age_balance: float = 0.0
+    # Age-group labels (FairFace's "20-29"): "interval" learns them as intervals (training/losses.py), "midpoint" as
+    # the group's middle age, as if it were a year's label (the ablation in docs/experiments/fairface.md).
+    age_groups: str = "interval"
     # Knowledge distillation: comma-separated teachers whose averaged (age, P(male)) is a second target for every
     # head, mixed with the labels at distill_weight: registered teachers (training/teachers, e.g. hse-faceres-deep),
     # run once per training face from the photo and cached, and/or our own weight files, run on each augmented
@@ -171,6 +175,10 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.age_groups == "midpoint":
+        train_set = dataclasses.replace(train_set, age_ranges=np.repeat(train_set.ages[:, None], 2, 1))
+    elif config.age_groups != "interval":
+        raise ValueError(f"age_groups {config.age_groups!r}: expected interval or midpoint")
     crops = torch.from_numpy(train_set.crops).to(device)
     ages = torch.from_numpy(train_set.ages).to(device)
     genders = torch.from_numpy(train_set.genders.astype(np.int64)).to(device)
