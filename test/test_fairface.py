@@ -267,6 +267,13 @@ def test_train_one_epoch_and_evaluate_by_race_and_age_group(tmp_path, face_files
     assert out["n"] == 7 and out["faces"].startswith("held-out side of fairface dev10")
     assert {"age_group_acc", "age_group_one_off", "years_outside", "by_race", "by_age_group", "all"} <= set(out)
     assert "by_decade" not in out
+    # Fine-tuned weights carry their starting weights' licence terms in their card.
+    tuned = agegender("train", "--dataset", "fairface", "--root", root, "--epochs", "1", "--batch-size", "16",
+                      "--age-bins", "12", "--threads", "1", "--no-progress", "--init-weights", run / "model.pt",
+                      "--out", tmp_path / "tuned")
+    assert tuned.returncode == 0, tuned.stderr
+    licence = json.loads((tmp_path / "tuned" / "model.json").read_text())["licence"]
+    assert f"Initialised from {run / 'model.pt'}, whose card says: {card['licence']}" in licence
     text = agegender("evaluate", "--dataset", "fairface", "--root", root, "--weights", run / "model.pt")
     assert text.returncode == 0, text.stderr
     assert "by race" in text.stdout and "by age group" in text.stdout and "Latino_Hispanic" in text.stdout

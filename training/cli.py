@@ -338,7 +338,10 @@ def cmd_train(args) -> int:
                        + "".join(f" Distilled from teacher {t.name} ({t.licence}), which learned from {t.saw}."
                                  for t in teachers)
                        + "".join(f" Distilled from our own weights {path}, whose card says: {c.get('licence', '?')}"
-                                 for path, c in weight_teachers),
+                                 for path, c in weight_teachers)
+                       # Fine-tuned weights keep what their starting weights learned, and so their licence terms.
+                       + (f" Initialised from {args.init_weights}, whose card says: "
+                          f"{cards[args.init_weights].get('licence', '?')}" if args.init_weights else ""),
             "splits": splits,
             "detector_for_crops": args.detector,
             "recipe": recipe(config)}
