@@ -238,6 +238,10 @@ def test_report_by_race_and_age_group_counts_misses_wrong():
     assert report["by_age_group"]["70+"]["age_group_acc"] == 0.0
     assert report["all"]["n"] == 4 and report["all"]["gender_acc"] == 0.5
     assert "by_race" not in group_report(np.full(4, ""), ranges, predicted, genders, p_male, detected)
+    # In a mixed set, faces labelled with a year (AAF, UTKFace) are left out of the report.
+    mixed = group_report(np.append(races, ""), np.vstack([ranges, [[30, 30]]]), np.append(predicted, 31.0),
+                         np.append(genders, 1), np.append(p_male, 0.1), np.append(detected, True))
+    assert mixed == report
 
 
 # --- through the CLI ------------------------------------------------------------------------------------------------

@@ -143,9 +143,13 @@ def breakdown(keys, age_ranges, age_pred, gender_true, p_male, detected, order=N
 
 
 def group_report(races, age_ranges, age_pred, gender_true, p_male, detected) -> dict:
-    """For sets with age-group labels: overall figures with misses counted wrong, and the breakdowns by race
-    (where the set has race labels) and by age group."""
+    """For the faces with age-group labels (a mixed set's others are left out): overall figures with misses counted
+    wrong, and the breakdowns by race (where the set has race labels) and by age group."""
     ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
+    grouped = np.isfinite(ranges[:, 0]) & (ranges[:, 1] > ranges[:, 0])
+    races, age_pred, gender_true, p_male, detected = (np.asarray(a)[grouped] for a in (races, age_pred, gender_true,
+                                                                                       p_male, detected))
+    ranges = ranges[grouped]
     groups = age_groups(ranges)
     names = np.array([group_name(*groups[g]) for g in group_index(ranges[:, 0], groups)]) if len(groups) \
         else np.full(len(ranges), "")
