@@ -8,8 +8,8 @@
   dev10           seeded 90/10 split stratified by race and age group (FairFace's train/, whose val/ is reserved
                   for measurements outside the project): the dev set has every race and age as the whole has
 
-random80, dev10 and the k-folds draw their split from a split seed of its own (`--split-seed`, default 0), apart from the
-training seed. Every run's model card records the splits it trained on (`splits`, its init weights' included), so
+random80, dev10 and the k-folds draw their split from a split seed of its own (`--split-seed`, default 0), apart
+from the training seed. Every run's model card records the splits it trained on (`splits`, its init weights' included), so
 that `evaluate` scores the faces those weights held out and `train --init-weights` refuses weights that trained on
 the faces a run holds out (split_conflicts below).
 """
