@@ -797,7 +797,8 @@ def random_split(
     return [i for i in range(len(records)) if i not in held_out], sorted(test)
 
 
-def stratified_split(records: Sequence[Record], test_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
+def stratified_split(records: Sequence[Record], test_fraction: float = 0.1,
+                     seed: int = 0) -> tuple[list[int], list[int]]:
     """Seeded (train_idx, test_idx) holding out test_fraction of every (race, age group) stratum, so a dev set of a
     tenth has every race and age in the proportions of the whole (FairFace's dev split)."""
     if not 0 < test_fraction < 1:

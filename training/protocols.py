@@ -9,9 +9,9 @@
                   for measurements outside the project): the dev set has every race and age as the whole has
 
 random80, dev10 and the k-folds draw their split from a split seed of its own (`--split-seed`, default 0), apart
-from the training seed. Every run's model card records the splits it trained on (`splits`, its init weights' included), so
-that `evaluate` scores the faces those weights held out and `train --init-weights` refuses weights that trained on
-the faces a run holds out (split_conflicts below).
+from the training seed. Every run's model card records the splits it trained on (`splits`, its init weights'
+included), so that `evaluate` scores the faces those weights held out and `train --init-weights` refuses weights
+that trained on the faces a run holds out (split_conflicts below).
 """
 from __future__ import annotations
 
