@@ -41,7 +41,7 @@ BOX_CALIBRATION_CROP_SCALE = 3.2
 # small faces are lost (a 1927 group photo: 27 -> 16 faces). So when a frame's pass finds no face, a second,
 # "close-up" pass looks again at a small input (128 px: a face filling the frame is large) with a border of
 # CLOSEUP_PAD: 0.25% missed, 4.6 ms more for a frame with no face, nothing more for one with faces
-# (docs/results.md, "Faces that fill the frame").
+# (docs/experiments/fairface.md, "Faces that fill the frame").
 CLOSEUP_SIZE = 128
 CLOSEUP_PAD = 0.2
 
