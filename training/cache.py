@@ -23,6 +23,8 @@ import numpy as np
 from agegender_ros import faces
 from agegender_ros.backends import cache_dir
 
+from .metrics import age_group_labelled
+
 CONTEXT = 1.25  # stored crop side / inference crop side
 STORED_SIZE = round(faces.CROP_SIZE * CONTEXT)  # 80 px
 # Datasets of tight face crops (UTKFace) leave detectors no margin; pad before detecting.
@@ -65,7 +67,7 @@ class PreprocessedSet:
     @property
     def has_intervals(self) -> bool:
         """Whether any face is labelled with an age group rather than a year."""
-        return bool((self.age_ranges[:, 1] > self.age_ranges[:, 0]).any())
+        return bool(age_group_labelled(self.age_ranges).any())
 
     def __len__(self) -> int:
         return len(self.ages)

@@ -576,10 +576,6 @@ def parse_age_group(text: str) -> tuple[float, float] | None:
     return FAIRFACE_AGE_GROUPS[name] if name else None
 
 
-def age_group_name(age_range: tuple[float, float]) -> str:
-    low, high = age_range
-    return f"{low:g}+" if math.isinf(high) else f"{low:g}-{high - 1:g}"
-
 
 def _race_key(text: str) -> str:
     return re.sub(r"[\s_]+", " ", text.strip().lower())  # "Latino_Hispanic" and "Latino Hispanic" alike

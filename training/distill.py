@@ -20,6 +20,7 @@ from agegender_ros.weights import load_model
 
 from .cache import PreprocessedSet
 from .losses import interval_label_distribution
+from .metrics import age_group_labelled
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -153,7 +154,7 @@ def teacher_age_calibrations(teacher_ages: np.ndarray, data: PreprocessedSet, me
     # Faces labelled with a year only: a map fitted to age groups' middles would pull every age onto a few values.
     # A dataset of age groups (FairFace) takes the reference map, and its teacher ages are clipped into each face's
     # group afterwards (clip_into_age_groups).
-    both = np.isfinite(teacher_ages) & np.isfinite(data.ages) & (data.age_ranges[:, 1] <= data.age_ranges[:, 0])
+    both = np.isfinite(teacher_ages) & np.isfinite(data.ages) & ~age_group_labelled(data.age_ranges)
     references = comma_list(reference)
     pool = both & np.isin(sources, references) if references else both
     maps = {}
@@ -177,7 +178,7 @@ def clip_into_age_groups(teacher_ages: np.ndarray, data: PreprocessedSet) -> np.
     """The teacher's ages, each clipped into its face's labelled age group where the face has one (the teacher
     knows the age better than a group's middle, the label knows the group better than the teacher)."""
     low, high = data.age_ranges[:, 0], data.age_ranges[:, 1]
-    grouped = np.isfinite(teacher_ages) & np.isfinite(low) & (high > low)
+    grouped = np.isfinite(teacher_ages) & age_group_labelled(data.age_ranges)
     clipped = np.array(teacher_ages, np.float32, copy=True)
     # [low, high): the group's last year ends just below high
     clipped[grouped] = np.clip(teacher_ages[grouped], low[grouped], np.minimum(high[grouped] - 0.5, 200.0))
@@ -190,7 +191,7 @@ def restrict_to_age_groups(distributions: np.ndarray, data: PreprocessedSet, bin
     the share of the bin's span that lies in the group, renormalised (the teacher's belief given the label); where
     the teacher puts no mass in the group, the group's label distribution."""
     low, high = data.age_ranges[:, 0], data.age_ranges[:, 1]
-    grouped = np.flatnonzero(np.isfinite(distributions).all(1) & np.isfinite(low) & (high > low))
+    grouped = np.flatnonzero(np.isfinite(distributions).all(1) & age_group_labelled(data.age_ranges))
     if not len(grouped):
         return distributions
     centres = age_bin_centres(bins).numpy().astype(np.float64)

@@ -71,11 +71,18 @@ def mean_over_folds(fold_metrics: list[dict]) -> dict:
     return summary
 
 
+def age_group_labelled(age_ranges) -> np.ndarray:
+    """Which faces carry an age-group label [low, high), high > low: a year's label has low = high, an unknown age
+    NaN (never greater)."""
+    ranges = np.asarray(age_ranges).reshape(-1, 2)
+    return ranges[:, 1] > ranges[:, 0]
+
+
 def age_groups(age_ranges: np.ndarray) -> np.ndarray:
     """The distinct [low, high) age groups of a set's interval labels, sorted (G x 2): the classes that group
     accuracy counts in."""
     ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
-    ranges = ranges[np.isfinite(ranges[:, 0]) & (ranges[:, 1] > ranges[:, 0])]
+    ranges = ranges[age_group_labelled(ranges)]
     return np.unique(ranges, axis=0) if len(ranges) else np.zeros((0, 2))
 
 
@@ -92,7 +99,7 @@ def interval_metrics(age_ranges, age_pred, groups: np.ndarray | None = None) -> 
     (age_group_acc), within one group of it (age_group_one_off), and the mean years outside it (0 inside)."""
     ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
     age_pred = np.asarray(age_pred, np.float64)
-    grouped = np.isfinite(ranges[:, 0]) & (ranges[:, 1] > ranges[:, 0])
+    grouped = age_group_labelled(ranges)
     if not grouped.any():
         return {"age_group_n": 0, "age_group_acc": None, "age_group_one_off": None, "years_outside": None}
     groups = age_groups(ranges) if groups is None else groups
@@ -110,30 +117,32 @@ def group_name(low: float, high: float) -> str:
     return f"{low:g}+" if np.isinf(high) else f"{low:g}-{high - 1:g}"
 
 
-def breakdown(keys, age_ranges, age_pred, gender_true, p_male, detected, order=None) -> dict[str, dict]:
-    """Per key (a race, an age group): faces, faces found, gender accuracy and age-group accuracy, each over all
-    faces with a miss (no face found) counted wrong, as a user sees it, and over the found faces alone."""
+def breakdown(keys, age_ranges, age_pred, gender_true, p_male, detected, groups: np.ndarray,
+              order=None) -> dict[str, dict]:
+    """Per key (a race, an age group): faces, faces found, gender accuracy and age-group accuracy (in `groups`,
+    age_groups' classes), each over all faces with a miss (no face found) counted wrong, as a user sees it, and
+    over the found faces alone."""
     keys = np.asarray(keys).astype(str)
     ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
     age_pred, p_male = np.asarray(age_pred, np.float64), np.asarray(p_male, np.float64)
     gender_true, detected = np.asarray(gender_true), np.asarray(detected, bool)
-    groups = age_groups(ranges)
+    gender_right = (p_male >= 0.5) == (gender_true == 1)
+    known = gender_true >= 0
+    grouped = age_group_labelled(ranges)
+    in_group = np.zeros(len(keys), bool)
+    if len(groups):
+        in_group[grouped] = group_index(age_pred[grouped], groups) == group_index(ranges[grouped, 0], groups)
     rows = {}
     for key in order if order is not None else sorted(set(keys.tolist())):
         chosen = keys == key
         if not chosen.any():
             continue
         found = chosen & detected
-        gender_right = (p_male >= 0.5) == (gender_true == 1)
-        known = gender_true >= 0
         row = {"n": int(chosen.sum()), "found": int(found.sum())}
         if (chosen & known).any():
             row["gender_acc"] = float(np.mean((gender_right & detected)[chosen & known]))
             row["gender_acc_found"] = float(np.mean(gender_right[found & known])) if (found & known).any() else None
         if len(groups):
-            in_group = np.zeros(len(keys), bool)
-            grouped = np.isfinite(ranges[:, 0]) & (ranges[:, 1] > ranges[:, 0])
-            in_group[grouped] = group_index(age_pred[grouped], groups) == group_index(ranges[grouped, 0], groups)
             if (chosen & grouped).any():
                 row["age_group_acc"] = float(np.mean((in_group & detected)[chosen & grouped]))
                 row["age_group_acc_found"] = float(np.mean(in_group[found & grouped])) \
@@ -146,7 +155,7 @@ def group_report(races, age_ranges, age_pred, gender_true, p_male, detected) -> 
     """For the faces with age-group labels (a mixed set's others are left out): overall figures with misses counted
     wrong, and the breakdowns by race (where the set has race labels) and by age group."""
     ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
-    grouped = np.isfinite(ranges[:, 0]) & (ranges[:, 1] > ranges[:, 0])
+    grouped = age_group_labelled(ranges)
     races, age_pred, gender_true, p_male, detected = (np.asarray(a)[grouped] for a in (races, age_pred, gender_true,
                                                                                        p_male, detected))
     ranges = ranges[grouped]
@@ -154,10 +163,10 @@ def group_report(races, age_ranges, age_pred, gender_true, p_male, detected) -> 
     names = np.array([group_name(*groups[g]) for g in group_index(ranges[:, 0], groups)]) if len(groups) \
         else np.full(len(ranges), "")
     everyone = np.full(len(ranges), "all")
-    report = {"all": breakdown(everyone, ranges, age_pred, gender_true, p_male, detected)["all"],
-              "by_age_group": breakdown(names, ranges, age_pred, gender_true, p_male, detected,
+    report = {"all": breakdown(everyone, ranges, age_pred, gender_true, p_male, detected, groups)["all"],
+              "by_age_group": breakdown(names, ranges, age_pred, gender_true, p_male, detected, groups,
                                         order=[group_name(*g) for g in groups])}
     races = np.asarray(races).astype(str)
     if (races != "").any():
-        report["by_race"] = breakdown(races, ranges, age_pred, gender_true, p_male, detected)
+        report["by_race"] = breakdown(races, ranges, age_pred, gender_true, p_male, detected, groups)
     return report
