@@ -40,10 +40,13 @@ BOX_CALIBRATION_CROP_SCALE = 3.2
 # that (0.35% missed with 10% of the longer side on every side) but shrinks every face in the network's input, and
 # small faces are lost (a 1927 group photo: 27 -> 16 faces). So when a frame's pass finds no face, a second,
 # "close-up" pass looks again at a small input (128 px: a face filling the frame is large) with a border of
-# CLOSEUP_PAD: 0.25% missed, 4.6 ms more for a frame with no face, nothing more for one with faces
-# (docs/experiments/fairface.md, "Faces that fill the frame").
+# CLOSEUP_PAD: 0.25% missed, nothing more for a frame with faces (docs/experiments/fairface.md, "Faces that fill the
+# frame"). SCRFD runs that pass only after a near miss, a first-pass score of at least CLOSEUP_GATE: every close-up
+# it missed on FairFace's dev split scored >= 0.12 there, empty frames (blank, noise) <= 0.05, so a frame with
+# nobody in it costs what it did before the pass existed.
 CLOSEUP_SIZE = 128
 CLOSEUP_PAD = 0.2
+CLOSEUP_GATE = 0.1
 
 
 class DetectorUnavailable(RuntimeError):
@@ -405,17 +408,20 @@ class ScrfdDetector:
         return self._anchor_cache[key]
 
     def detect(self, frame_bgr: np.ndarray) -> list[FaceDetection]:
-        found = self._detect(frame_bgr, self.input_size, 0.0)
-        if found or not self.closeup_size:
+        found, best_score = self._detect(frame_bgr, self.input_size, 0.0)
+        if found or not self.closeup_size or best_score < CLOSEUP_GATE:
             return found
-        return self._detect(frame_bgr, self.closeup_size, CLOSEUP_PAD)
+        return self._detect(frame_bgr, self.closeup_size, CLOSEUP_PAD)[0]
 
-    def _detect(self, frame_bgr: np.ndarray, input_size: int, edge_pad: float) -> list[FaceDetection]:
+    def _detect(self, frame_bgr: np.ndarray, input_size: int,
+                edge_pad: float) -> tuple[list[FaceDetection], float]:
+        """(faces found, the best score of any anchor, found or not)."""
         # The network needs multiples of 32.
         canvas, scale, border = _letterbox(frame_bgr, input_size, edge_pad, multiple=32)
         pad_h, pad_w = canvas.shape[:2]
         blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128, (pad_w, pad_h), (127.5, 127.5, 127.5), swapRB=True)
         outputs = dict(zip(self._outputs, self._session.run(self._outputs, {self._input_name: blob})))
+        best_score = max(float(outputs[f"score_{stride}"].max()) for stride in self.STRIDES)
         all_scores, all_boxes, all_kps = [], [], []
         for stride in self.STRIDES:
             scores = outputs[f"score_{stride}"].reshape(-1)
@@ -429,13 +435,13 @@ class ScrfdDetector:
             all_boxes.append(np.concatenate([centres - distances[:, :2], centres + distances[:, 2:]], 1))
             all_kps.append(kps + centres[:, None, :])
         if not all_scores:
-            return []
+            return [], best_score
         scores = np.concatenate(all_scores)
         boxes = (np.concatenate(all_boxes) - border) / scale
         kps = (np.concatenate(all_kps) - border) / scale
         return [FaceDetection(boxes[i].astype(np.float32), float(scores[i]), kps[i].astype(np.float32),
                               self.box_scale, self.box_shift)
-                for i in _nms(boxes, scores, self.iou_threshold)]
+                for i in _nms(boxes, scores, self.iou_threshold)], best_score
 
 
 DETECTORS = {"haar": HaarDetector, "blazeface": BlazeFaceDetector, "scrfd": ScrfdDetector}

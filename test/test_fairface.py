@@ -339,6 +339,21 @@ def test_a_face_that_runs_past_the_edges_is_found_by_the_close_up_pass(name):
     assert abs((x1 + x2) / 2 - w / 2) < 0.2 * w and abs((y1 + y2) / 2 - h / 2) < 0.25 * h
 
 
+
+def test_scrfd_runs_the_close_up_pass_only_after_a_near_miss():
+    try:
+        detector = faces.create_detector("scrfd", threads=1)
+    except faces.DetectorUnavailable as error:
+        pytest.skip(str(error))
+    passes = []
+    first_pass = detector._detect
+    detector._detect = lambda frame, size, pad: passes.append(size) or first_pass(frame, size, pad)
+    empty = np.full((480, 640, 3), (90, 110, 130), np.uint8)
+    assert detector.detect(empty) == [] and passes == [detector.input_size]  # nobody there: one pass
+    passes.clear()
+    assert len(detector.detect(astronaut_close_up())) == 1
+    assert passes == [detector.input_size, faces.CLOSEUP_SIZE]
+
 def test_the_card_licence_names_fairface_and_keeps_the_research_only_datasets():
     from training.cli import licence_of_datasets
 

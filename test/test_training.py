@@ -386,6 +386,24 @@ def test_a_step_the_gradient_scaler_skips_leaves_the_schedule_where_it_is():
     assert optimizer_step(optimizer, scheduler, disabled)
 
 
+
+@pytest.mark.parametrize("total_steps", [1, 2, 5, 10, 20, 450])
+def test_the_learning_rate_cycle_runs_for_any_number_of_steps(total_steps):
+    from training.train import one_cycle
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = one_cycle(optimizer, 1e-3, total_steps, 0.1)  # 10 steps: a one-step warm-up
+    rates = []
+    for _ in range(total_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert max(rates) <= 1e-3 + 1e-12
+    if total_steps >= 10:  # a warm-up of at least a step starts at lr / 20
+        assert rates[0] <= 1e-3 / 20 + 1e-12
+    if total_steps >= 20:  # warms up to the peak, then anneals
+        assert max(rates) > 0.99e-3 and rates[-1] < rates[len(rates) // 2]
+
 def test_fgnet_lopo_smoke_run_through_the_cli(tmp_path):
     root = shared("fgnet")
     result = agegender("protocol", "--dataset", "fgnet", "--root", root, "--protocol", "lopo", "--max-folds", "2",

@@ -152,9 +152,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         raise ValueError("the training set is empty")
     steps_per_epoch = max(1, len(train_set) // (config.batch_size * world))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-        pct_start=config.warmup_fraction, div_factor=20, final_div_factor=200)
+    scheduler = one_cycle(optimizer, config.lr, config.epochs * steps_per_epoch, config.warmup_fraction)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[dict] = []
@@ -317,6 +315,17 @@ def age_sampling_weights(ages: np.ndarray, power: float, bin_years: float = 5.0)
     _, inverse, counts = np.unique(bins, return_inverse=True, return_counts=True)
     weights = counts[inverse].astype(np.float64) ** -float(power)
     return torch.from_numpy(weights / weights.mean())
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, total_steps: int,
+              warmup_fraction: float) -> torch.optim.lr_scheduler.OneCycleLR:
+    """Warm-up to lr over warmup_fraction of the steps, then cosine annealing to lr / 4000."""
+    # OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step (10 steps at 0.1, a tiny run) would
+    # raise ZeroDivisionError, so that one case warms up over 1.5 steps.
+    if abs(warmup_fraction * total_steps - 1) < 1e-6:
+        warmup_fraction = 1.5 / total_steps
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps,
+                                               pct_start=warmup_fraction, div_factor=20, final_div_factor=200)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler) -> bool:
