@@ -71,8 +71,10 @@ def build_estimator(args):
 
 
 def cmd_info(args) -> int:
-    from .model import INPUT_SIZE, count_flops_per_face, count_parameters, create_model
+    from .model import INPUT_SIZE, available_models, count_flops_per_face, count_parameters, create_model
 
+    if args.model not in available_models():
+        raise CommandError(f"--model: unknown model {args.model!r}; available: {', '.join(available_models())}")
     card, weights = None, None
     if args.weights or args.model == "paper":
         from .weights import WeightsError, default_weights_path, read_card
@@ -244,7 +246,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.command_names = sub.choices  # name -> subparser, filled below
 
     p = sub.add_parser("info", help="parameters, FLOPs and weights of a model")
-    p.add_argument("--model", default="paper", help="registry name (see `agegender info --model x` for the list)")
+    p.add_argument("--model", default="paper", help="registry name (an unknown name lists them)")
     p.add_argument("--weights", help="weights whose model card to show")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_info)

@@ -68,6 +68,13 @@ def test_registry_lists_paper_and_rejects_unknown_names():
         create_model("nope")
 
 
+def test_info_on_an_unknown_model_lists_the_registry_without_a_traceback():
+    result = subprocess.run([sys.executable, "-m", "agegender_ros.cli", "info", "--model", "nope"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "unknown model 'nope'" in result.stderr and "paper" in result.stderr
+
+
 def test_info_json_is_measured_from_the_model():
     out = subprocess.run([sys.executable, "-m", "agegender_ros.cli", "info", "--json"], capture_output=True,
                          text=True, check=True).stdout
