@@ -53,7 +53,8 @@ class OnnxRuntimeBackend:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         # No busy-waiting between runs: on a shared CPU (a robot's; here 2 cores beside the detector's session)
-        # spinning threads steal the cores the other work needs (docs/results.md, "Inference speed").
+        # spinning threads steal the cores the other work needs (docs/experiments/inference-speed.md, "Why the
+        # first run missed, and the fix: ONNX Runtime's spinning threads").
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.onnx_path = Path(onnx_path)
         self.session = ort.InferenceSession(str(onnx_path), options, providers=onnxruntime_providers(prefer_gpu))

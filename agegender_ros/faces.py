@@ -31,7 +31,7 @@ CROP_SIZE = 64
 # the scale they were trained at in their model card, and the runtime crops at that scale (`weights.crop_scale`);
 # this is the default for training. 2.2 spans forehead to chin: on 64 px, ages on unseen faces (FG-NET, a mugshot
 # proxy) got better with each step from 3.8 (whole head) through 3.2 and 2.6 to 2.2; gender on children and over-60s
-# got slightly worse (hair is a cue); 2.0 cuts the chin and costs adults' gender (docs/results.md, "crop scale").
+# got slightly worse (hair is a cue); 2.0 cuts the chin and costs adults' gender (docs/experiments/crop-scale.md).
 CROP_SCALE = 2.2
 # Detector boxes without landmarks (Haar) were calibrated against the landmark square at this crop scale.
 BOX_CALIBRATION_CROP_SCALE = 3.2
@@ -386,7 +386,7 @@ class ScrfdDetector:
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
         # Don't busy-wait between frames: spinning threads starve the network and the ROS executor
-        # (measured: end-to-end 27.6 -> 51.5 fps at 640x480 on the 2-core CPU, docs/results.md).
+        # (measured: end-to-end 27.6 -> 51.5 fps at 640x480 on the 2-core CPU, docs/experiments/inference-speed.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), options, providers=onnxruntime_providers())
         self._input_name = self._session.get_inputs()[0].name

@@ -331,9 +331,9 @@ class LaunchPlan:
 
 # Fast DDS, the default RMW of Humble, Jazzy and Kilted. A 640x480 bgr8 frame (921,600 bytes) does not fit its
 # default shared-memory segment, so between two processes it crosses loopback as UDP fragments, and under CPU
-# load about half of a 30 Hz stream was lost before the node (docs/results.md). The profile below gives each
-# participant a 16 MB shared-memory segment and keeps UDPv4, so processes without the profile (a user's
-# `ros2 topic echo`, another machine) still discover and talk to the node.
+# load about half of a 30 Hz stream was lost before the node (docs/experiments/dds-transport.md). The profile
+# below gives each participant a 16 MB shared-memory segment and keeps UDPv4, so processes without the profile
+# (a user's `ros2 topic echo`, another machine) still discover and talk to the node.
 DDS_PROFILE_FILE = "fastdds_large_shm.xml"  # in config/ (share/agegender_ros/config/ once installed)
 FAST_DDS_RMWS = ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp")
 # Fast DDS 2.x (Humble, Jazzy) reads the first, 3.x (Kilted) the second.

@@ -1,4 +1,4 @@
-"""MAE and gender accuracy on AAF val by age band (docs/results.md, "Tighter still: crop scales 2.2 and 2.0").
+"""MAE and gender accuracy on AAF val by age band (docs/experiments/crop-scale.md, "Tighter still: 2.2 and 2.0").
 
     .venv/bin/python docs/aaf_bands.py WEIGHTS.pt
 

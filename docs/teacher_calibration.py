@@ -1,4 +1,4 @@
-"""How much a monotone age calibration helps a teacher, on faces it was not fitted on (docs/results.md).
+"""How much a monotone age calibration helps a teacher, on faces it was not fitted on (docs/experiments/teachers.md).
 
     .venv/bin/python docs/teacher_calibration.py [TEACHER]
 

@@ -1,4 +1,5 @@
-"""MAE, bias and gender accuracy on the held-out UTKFace fifth by UTKFace's race label and age band (docs/results.md).
+"""MAE, bias and gender accuracy on the held-out UTKFace fifth by UTKFace's race label and age band (the full table:
+docs/experiments/training-recipe.md, "Where the error is"; the shipped weights' figures: docs/results.md).
 
     .venv/bin/python docs/utk_bias.py WEIGHTS.pt
     .venv/bin/python docs/utk_bias.py teacher:hse-faceres-deep   (a distillation teacher's raw bfloat16 answers)

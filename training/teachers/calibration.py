@@ -1,9 +1,9 @@
 """Monotone maps from a teacher's age to the age our labels mean, fitted on labelled training faces.
 
 A teacher's ages carry its own training set's biases: HSE FaceRes learned IMDB's celebrities and underestimates
-Asian faces and everyone past 40 more and more (docs/results.md). Distilling its raw ages passes that bias on.
-A monotone map keeps the teacher's ordering of faces, the knowledge we want, and replaces its age scale with the
-labels' scale. Two kinds:
+Asian faces and everyone past 40 more and more (docs/experiments/teachers.md). Distilling its raw ages passes that
+bias on. A monotone map keeps the teacher's ordering of faces, the knowledge we want, and replaces its age scale
+with the labels' scale. Two kinds:
 
   quantile  the teacher's k-th percentile goes to the labels' k-th percentile (matches the age distribution, keeps
             the spread of the teacher's answers: no pull towards the mean age)
