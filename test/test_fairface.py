@@ -277,7 +277,7 @@ def test_train_one_epoch_and_evaluate_by_race_and_age_group(tmp_path, face_files
                       "--out", tmp_path / "tuned")
     assert tuned.returncode == 0, tuned.stderr
     licence = json.loads((tmp_path / "tuned" / "model.json").read_text())["licence"]
-    assert f"Initialised from {run / 'model.pt'}, whose card says: {card['licence']}" in licence
+    assert licence == f"{card['licence']} Initialised from {run / 'model.pt'} (under the same terms)."
     text = agegender("evaluate", "--dataset", "fairface", "--root", root, "--weights", run / "model.pt")
     assert text.returncode == 0, text.stderr
     assert "by race" in text.stdout and "by age group" in text.stdout and "Latino_Hispanic" in text.stdout
@@ -353,6 +353,20 @@ def test_scrfd_runs_the_close_up_pass_only_after_a_near_miss():
     passes.clear()
     assert len(detector.detect(astronaut_close_up())) == 1
     assert passes == [detector.input_size, faces.CLOSEUP_SIZE]
+
+
+def test_a_chain_of_fine_tunings_states_each_term_once():
+    from training.cli import inherited_licence, licence_of_datasets
+
+    teacher = " Distilled from teacher hse (MIT), which learned from IMDB faces."
+    stage3 = licence_of_datasets(["aaf", "utkface"]) + teacher
+    own = licence_of_datasets(["aaf", "utkface", "fairface"])
+    stage4 = inherited_licence(own, "stage3.pt", stage3)
+    assert stage4 == f"{own} Initialised from stage3.pt, whose card adds:{teacher}"
+    stage5 = inherited_licence(own, "stage4.pt", stage4)
+    assert stage5 == f"{own} Initialised from stage4.pt, whose card adds:{teacher}"
+    assert stage5.count("CC BY 4.0") == 1 and stage5.count("Research use only") == 1
+    assert inherited_licence(own, "x.pt", own).endswith("Initialised from x.pt (under the same terms).")
 
 def test_the_card_licence_names_fairface_and_keeps_the_research_only_datasets():
     from training.cli import licence_of_datasets

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -287,6 +288,16 @@ def licence_of_datasets(names: list[str]) -> str:
                               for name in dict.fromkeys(names) if name in OPEN_DATASET_LICENCES]).strip()
 
 
+def inherited_licence(own: str, start: str, start_licence: str) -> str:
+    """`own` plus the terms of the weights a run started from that `own` does not already say. Each stage of a
+    chain of fine-tunings adds only what is new, so the card does not repeat its datasets' terms once per stage."""
+    # Split into the statements this module writes (datasets, teachers, starting weights).
+    statements = re.split(r" (?=(?:Research use only|Also trained on|Distilled from|Initialised from) )", start_licence)
+    new = [s for s in dict.fromkeys(statements) if s not in own and not s.startswith("Initialised from")]
+    return f"{own} Initialised from {start}" + (f", whose card adds: {' '.join(new)}" if new else
+                                                " (under the same terms).")
+
+
 def _pairs(args) -> list[tuple[str, str]]:
     datasets, roots = args.dataset, args.root
     if datasets is None:
@@ -332,16 +343,16 @@ def cmd_train(args) -> int:
     # The age distribution is learned only when every teacher gives one (training/distill.py: batch_teacher_targets).
     distilled = "age, age distribution, P(male)" if config.age_bins and config.distill_age_distribution and all(
         (c.get("model_args") or {}).get("age_bins") for _, c in weight_teachers) else "age, P(male)"
+    licence = (licence_of_datasets([name for name, _ in _pairs(args)])
+               + "".join(f" Distilled from teacher {t.name} ({t.licence}), which learned from {t.saw}."
+                         for t in teachers)
+               + "".join(f" Distilled from our own weights {path}, whose card says: {c.get('licence', '?')}"
+                         for path, c in weight_teachers))
+    if args.init_weights:  # fine-tuned weights keep what their starting weights learned, and so their terms
+        licence = inherited_licence(licence, args.init_weights, cards[args.init_weights].get("licence", "?"))
     card = {"training_data": " + ".join(f"{n} ({len(t)} train / {len(v)} held out)"
                                         for n, t, v in zip(names, train_parts, val_parts)),
-            "licence": licence_of_datasets([name for name, _ in _pairs(args)])
-                       + "".join(f" Distilled from teacher {t.name} ({t.licence}), which learned from {t.saw}."
-                                 for t in teachers)
-                       + "".join(f" Distilled from our own weights {path}, whose card says: {c.get('licence', '?')}"
-                                 for path, c in weight_teachers)
-                       # Fine-tuned weights keep what their starting weights learned, and so their licence terms.
-                       + (f" Initialised from {args.init_weights}, whose card says: "
-                          f"{cards[args.init_weights].get('licence', '?')}" if args.init_weights else ""),
+            "licence": licence,
             "splits": splits,
             "detector_for_crops": args.detector,
             "recipe": recipe(config)}
