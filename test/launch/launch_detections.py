@@ -56,17 +56,16 @@ def _frame():
 class TestDetections(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+        """A node of our own in a RosSession (private rclpy context, executor spinning in a thread)."""
+        from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
         from agegender_ros.msg import AgeGenderArray
+        from agegender_ros.ros_session import RosSession
 
-        cls.rclpy = rclpy
-        cls.context = rclpy.Context()
-        rclpy.init(context=cls.context)
-        cls.node = rclpy.create_node("agegender_launch_test", context=cls.context)
+        cls.session = RosSession()  # ROS_DOMAIN_ID from the environment, as the launch has it
+        cls.node = cls.session.add(Node("agegender_launch_test", context=cls.session.context))
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
         cls.lock = threading.Lock()
@@ -82,10 +81,6 @@ class TestDetections(unittest.TestCase):
             cls.vision_msgs = True
             cls.node.create_subscription(Detection2DArray, "/agegender/detections_2d", cls._keep(cls.detections_2d),
                                          qos)
-        cls.executor = SingleThreadedExecutor(context=cls.context)
-        cls.executor.add_node(cls.node)
-        cls.spinner = threading.Thread(target=cls._spin, daemon=True)
-        cls.spinner.start()
         cls.answers = cls._publish_until_answered()
 
     @classmethod
@@ -94,14 +89,6 @@ class TestDetections(unittest.TestCase):
             with cls.lock:
                 store.append(msg)
         return callback
-
-    @classmethod
-    def _spin(cls):
-        while cls.context.ok():
-            try:
-                cls.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutdown while spinning
-                break
 
     @classmethod
     def _publish_until_answered(cls):
@@ -129,9 +116,7 @@ class TestDetections(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.node.destroy_node()
-        cls.rclpy.shutdown(context=cls.context)
-        cls.spinner.join(timeout=5)
+        cls.session.close()
 
     def test_detections_carry_the_frames_header_and_the_face(self):
         self.assertGreaterEqual(len(self.answers), 1, f"no AgeGenderArray for the published frames within "

@@ -60,27 +60,22 @@ def generate_test_description():
 class TestImagePublisher(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+        """A node of our own in a RosSession (private rclpy context, executor spinning in a thread)."""
+        from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
         from agegender_ros.msg import AgeGenderArray
+        from agegender_ros.ros_session import RosSession
 
-        cls.rclpy = rclpy
-        cls.context = rclpy.Context()
-        rclpy.init(context=cls.context)
-        cls.node = rclpy.create_node("agegender_image_publisher_test", context=cls.context)
+        cls.session = RosSession()  # ROS_DOMAIN_ID from the environment, as the launch has it
+        cls.node = cls.session.add(Node("agegender_image_publisher_test", context=cls.session.context))
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
         cls.lock = threading.Lock()
         cls.images, cls.detections = [], []
         cls.node.create_subscription(Image, IMAGE_TOPIC, cls._keep(cls.images, header_only=True), qos)
         cls.node.create_subscription(AgeGenderArray, "/agegender/detections", cls._keep(cls.detections), qos)
-        cls.executor = SingleThreadedExecutor(context=cls.context)
-        cls.executor.add_node(cls.node)
-        cls.spinner = threading.Thread(target=cls._spin, daemon=True)
-        cls.spinner.start()
         cls.answers = cls._wait_for_answers()
 
     @classmethod
@@ -91,14 +86,6 @@ class TestImagePublisher(unittest.TestCase):
             with cls.lock:
                 store.append(item)
         return callback
-
-    @classmethod
-    def _spin(cls):
-        while cls.context.ok():
-            try:
-                cls.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutdown while spinning
-                break
 
     @classmethod
     def _wait_for_answers(cls):
@@ -114,9 +101,7 @@ class TestImagePublisher(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.node.destroy_node()
-        cls.rclpy.shutdown(context=cls.context)
-        cls.spinner.join(timeout=5)
+        cls.session.close()
 
     def test_images_are_bgr8_with_fresh_headers(self):
         with self.lock:
