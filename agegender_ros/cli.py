@@ -71,10 +71,8 @@ def build_estimator(args):
 
 
 def cmd_info(args) -> int:
-    from .model import INPUT_SIZE, available_models, count_flops_per_face, count_parameters, create_model
+    from .model import INPUT_SIZE, count_flops_per_face, count_parameters, create_model
 
-    if args.model not in available_models():
-        raise CommandError(f"--model: unknown model {args.model!r}; available: {', '.join(available_models())}")
     card, weights = None, None
     if args.weights or args.model == "paper":
         from .weights import WeightsError, default_weights_path, read_card
@@ -88,7 +86,10 @@ def cmd_info(args) -> int:
             weights = {"path": str(path), "error": str(error)}
     # Counted on the network the weights load into (e.g. the shipped paper net has 12-bin age heads).
     model_args = card.get("model_args", {}) if card and card.get("architecture", "paper") == args.model else {}
-    model = create_model(args.model, **model_args)
+    try:
+        model = create_model(args.model, **model_args)
+    except ValueError as error:  # an unknown name: the message lists the registry
+        raise CommandError(f"--model: {error}") from error
     info = {"model": args.model, "model_args": model_args, "params": count_parameters(model),
             "flops_per_face": count_flops_per_face(model), "input_size": INPUT_SIZE}
     if weights is not None:

@@ -576,7 +576,6 @@ def parse_age_group(text: str) -> tuple[float, float] | None:
     return FAIRFACE_AGE_GROUPS[name] if name else None
 
 
-
 def _race_key(text: str) -> str:
     return re.sub(r"[\s_]+", " ", text.strip().lower())  # "Latino_Hispanic" and "Latino Hispanic" alike
 

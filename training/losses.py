@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from agegender_ros.model import HEADS, age_bin_centres
 
+from .metrics import age_group_labelled
+
 if TYPE_CHECKING:
     from .train import TrainConfig
 
@@ -82,7 +84,7 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     has_distribution, distribution_target = age_distribution_targets(outputs, ages, config, teacher, a, age_ranges)
     if age_ranges is not None and config.distill_age_mix == "target" and teacher is not None:
         # The teacher's age, inside the face's group, is the mixed target's label part too.
-        grouped = has_age & has_teacher_age & (age_ranges[:, 1] > age_ranges[:, 0])
+        grouped = has_age & has_teacher_age & age_group_labelled(age_ranges)
         age_label = torch.where(grouped, teacher_age, age_label)
     total = torch.zeros((), device=ages.device)
     parts = {}
@@ -163,7 +165,7 @@ def age_distribution_targets(outputs: dict[str, torch.Tensor], ages: torch.Tenso
         return torch.zeros_like(has_age), None
     labelled = label_distribution(torch.nan_to_num(ages), logits.shape[1], config.age_sigma)
     if age_ranges is not None:
-        grouped = has_age & (age_ranges[:, 1] > age_ranges[:, 0])
+        grouped = has_age & age_group_labelled(age_ranges)
         if grouped.any():
             labelled = labelled.clone()
             labelled[grouped] = interval_label_distribution(age_ranges[grouped], logits.shape[1], config.age_sigma)

@@ -73,8 +73,8 @@ def mean_over_folds(fold_metrics: list[dict]) -> dict:
 
 def age_group_labelled(age_ranges) -> np.ndarray:
     """Which faces carry an age-group label [low, high), high > low: a year's label has low = high, an unknown age
-    NaN (never greater)."""
-    ranges = np.asarray(age_ranges).reshape(-1, 2)
+    NaN (never greater). A numpy array (or list) gives a numpy mask, a torch tensor (the losses) a tensor."""
+    ranges = (age_ranges if hasattr(age_ranges, "reshape") else np.asarray(age_ranges)).reshape(-1, 2)
     return ranges[:, 1] > ranges[:, 0]
 
 
