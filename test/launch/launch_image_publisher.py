@@ -89,12 +89,15 @@ class TestImagePublisher(unittest.TestCase):
 
     @classmethod
     def _wait_for_answers(cls):
-        """The node's AgeGenderArrays for the publisher's images, once both photos were answered (or time out)."""
+        """The node's AgeGenderArrays for the publisher's images, once both photos were answered and our own
+        subscription has seen two images too (it may match the publisher after the node did; or time out)."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             with cls.lock:
                 answers = [d for d in cls.detections if d.header.frame_id == FRAME_ID]
-            if {min(len(d.faces), 2) for d in answers} >= {1, 2}:  # the astronaut (1) and the group (several)
+                images = len(cls.images)
+            # the astronaut (1 face) and the group (several)
+            if {min(len(d.faces), 2) for d in answers} >= {1, 2} and images >= 2:
                 return answers
             time.sleep(0.2)
         return answers
