@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import cv2
@@ -472,6 +473,45 @@ def test_age_balanced_training_runs_and_is_recorded(tmp_path, morph_folder):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["age_balance"] == 0.5
     bad = agegender(*common, "--age-balance", "2", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "--age-balance: expected a power between 0 and 1, got 2.0" in bad.stderr
+
+
+def test_dataset_weight_draws_a_dataset_more_often_and_multiplies_with_age_balance():
+    from training.train import TrainConfig, dataset_sampling_weights, sampling_weights_for
+
+    sources = np.array(["aaf"] * 30 + ["fairface"] * 70)
+    weights = dataset_sampling_weights(sources, {"fairface": 2.0})
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[30:].sum() / weights[:30].sum() == pytest.approx(140 / 30)  # 70 faces drawn twice as often
+    with pytest.raises(ValueError, match="utkface not among the training datasets"):
+        dataset_sampling_weights(sources, {"utkface": 2.0})
+    with pytest.raises(ValueError, match="does not say which dataset"):
+        dataset_sampling_weights(None, {"fairface": 2.0})
+
+    ages = np.array([25.0] * 90 + [70.0] * 10)
+    data = types.SimpleNamespace(sources=sources)
+    assert sampling_weights_for(data, ages, TrainConfig()) is None  # the paper's: every face once per epoch
+    both = sampling_weights_for(data, ages, TrainConfig(age_balance=1.0, dataset_weights={"fairface": 2.0}))
+    expected = hand_computed_weights(ages, sources)
+    assert torch.allclose(both / both.sum(), expected / expected.sum())
+
+
+def hand_computed_weights(ages, sources):
+    """By hand: 1 / (faces in the 5-year bin), times 2 for FairFace's faces."""
+    counts = {25.0: 90, 70.0: 10}
+    return torch.tensor([(2.0 if s == "fairface" else 1.0) / counts[a] for a, s in zip(ages, sources)],
+                        dtype=torch.float64)
+
+
+def test_dataset_weight_option_is_recorded_and_checked(tmp_path, morph_folder):
+    common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "1", "--batch-size", "8",
+              "--threads", "1", "--no-progress"]
+    result = agegender(*common, "--dataset-weight", "morph2=3", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset_weights"] == {"morph2": 3.0}
+    for option, message in (("fairface=2", "'fairface' is not one of this run's --dataset (morph2)"),
+                            ("morph2=x", "expected DATASET=W"), ("morph2=0", "expected a positive weight")):
+        bad = agegender(*common, "--dataset-weight", option, "--out", tmp_path / "bad")
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
 
 
 def test_distillation_mixes_label_and_teacher_targets():

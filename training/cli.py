@@ -66,6 +66,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--age-balance", type=float, default=defaults.age_balance,
                         help="sample faces with probability (faces in their 5-year age bin)^-P: 0 = each face once "
                         "per epoch, 1 = every age bin equally often")
+    parser.add_argument("--dataset-weight", action="append", default=[], metavar="DATASET=W",
+                        help="draw each face of DATASET W times as often as the others (repeatable; an epoch stays "
+                        "as many draws as faces), e.g. fairface=2")
     parser.add_argument("--age-groups", choices=("interval", "midpoint"), default=defaults.age_groups,
                         help="age-group labels (fairface): learn them as intervals (default), or as the group's "
                         "middle age (ablation)")
@@ -184,6 +187,19 @@ def config_from_args(args, cards: dict[str, dict]):
             raise CommandError(f"--teacher {teacher}: {error}") from error
     if not 0.0 <= args.age_balance <= 1.0:
         raise CommandError(f"--age-balance: expected a power between 0 and 1, got {args.age_balance}")
+    dataset_weights = {}
+    run_datasets = args.dataset if isinstance(args.dataset, list) else [args.dataset] if args.dataset else []
+    for item in args.dataset_weight:
+        name, _, value = item.partition("=")
+        try:
+            dataset_weights[name] = float(value)
+        except ValueError:
+            raise CommandError(f"--dataset-weight {item}: expected DATASET=W, e.g. fairface=2") from None
+        if name not in run_datasets:
+            raise CommandError(f"--dataset-weight {item}: {name!r} is not one of this run's --dataset "
+                               f"({', '.join(run_datasets)})")
+        if not dataset_weights[name] > 0:
+            raise CommandError(f"--dataset-weight {item}: expected a positive weight")
     if not args.width > 0:
         raise CommandError(f"--width: expected a positive channel multiplier, got {args.width}")
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -191,7 +207,7 @@ def config_from_args(args, cards: dict[str, dict]):
                          camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p,
                          crop_scale=scale, age_bins=args.age_bins,
                          width=args.width, reparam=args.reparam, age_balance=args.age_balance,
-                         age_groups=args.age_groups, seed=args.seed,
+                         dataset_weights=dataset_weights, age_groups=args.age_groups, seed=args.seed,
                          threads=args.threads, device=args.device,
                          init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
                          distill_gender_weight=args.distill_gender_weight,

@@ -76,6 +76,9 @@ class TrainConfig:
     # once per epoch (the paper), 1 = every age bin equally often. Counters the pull towards the training sets'
     # mean age that shows as overestimated children and underestimated elderly on faces from elsewhere.
     age_balance: float = 0.0
+    # Draw each face of these datasets W times as often as the others ({"fairface": 2.0}; with age_balance, the two
+    # multiply). An epoch stays as many draws as faces. Spends the net's capacity on the faces users' cameras see.
+    dataset_weights: dict = field(default_factory=dict)
     # Age-group labels (FairFace's "20-29"): "interval" learns them as intervals (training/losses.py), "midpoint" as
     # the group's middle age, as if it were a year's label (the ablation in docs/experiments/fairface.md).
     age_groups: str = "interval"
@@ -196,7 +199,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     # Faces without an age label (CelebA) are binned by the teachers' age when balancing ages.
     known_ages = train_set.ages if cached is None else np.where(np.isfinite(train_set.ages), train_set.ages,
                                                                 cached[0].cpu().numpy())
-    sampling_weights = age_sampling_weights(known_ages, config.age_balance) if config.age_balance else None
+    sampling_weights = sampling_weights_for(train_set, known_ages, config)
     writer = tensorboard_writer(run_dir) if rank == 0 else None
 
     for epoch in range(start_epoch, config.epochs):
@@ -316,6 +319,30 @@ def age_sampling_weights(ages: np.ndarray, power: float, bin_years: float = 5.0)
     _, inverse, counts = np.unique(bins, return_inverse=True, return_counts=True)
     weights = counts[inverse].astype(np.float64) ** -float(power)
     return torch.from_numpy(weights / weights.mean())
+
+
+def dataset_sampling_weights(sources: np.ndarray | None, weights: dict) -> torch.Tensor:
+    """Per-face sampling weight: weights[its dataset] (1 for datasets not named), normalised to a mean of 1."""
+    if sources is None:
+        raise ValueError("dataset_weights: this training set does not say which dataset each face came from")
+    unknown = sorted(set(weights) - set(np.unique(sources).tolist()))
+    if unknown:
+        raise ValueError(f"dataset_weights: {', '.join(unknown)} not among the training datasets "
+                         f"({', '.join(sorted(set(sources.tolist())))})")
+    per_face = np.array([float(weights.get(source, 1.0)) for source in sources], np.float64)
+    return torch.from_numpy(per_face / per_face.mean())
+
+
+def sampling_weights_for(train_set: PreprocessedSet, known_ages: np.ndarray, config: TrainConfig
+                         ) -> torch.Tensor | None:
+    """Each face's chance of being drawn (age balance x dataset weight); None: every face once per epoch."""
+    weights = None
+    if config.age_balance:
+        weights = age_sampling_weights(known_ages, config.age_balance)
+    if config.dataset_weights:
+        by_dataset = dataset_sampling_weights(train_set.sources, config.dataset_weights)
+        weights = by_dataset if weights is None else weights * by_dataset
+    return weights
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, lr: float, total_steps: int,
