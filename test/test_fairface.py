@@ -167,6 +167,33 @@ def test_an_age_groups_label_distribution_covers_its_bins():
     assert float((group[1] * centres).sum()) > 70  # 70+: mass above 70
 
 
+def test_matched_label_distributions_keep_a_babys_age_as_their_mean():
+    from agegender_ros.model import age_bin_centres
+
+    bins = 12
+    centres = age_bin_centres(bins)  # 0, 9.09, ..., 100
+    mean = lambda p: (p * centres).sum(1)  # noqa: E731
+    ages = torch.tensor([1.5, 6.5, 45.0, 75.0])
+    # The plain Gaussian is cut off below the first bin: its mean is years above a baby's or a child's age.
+    plain = mean(label_distribution(ages, bins))
+    assert plain[0] > 5.0 and plain[1] > 8.0
+    matched = label_distribution(ages, bins, match_mean=True)
+    assert torch.allclose(matched.sum(1), torch.ones(4))
+    assert torch.allclose(mean(matched), ages, atol=0.01)
+    # Far from the ends the cut-off does not matter: the same Gaussian.
+    assert torch.allclose(matched[2:], label_distribution(ages[2:], bins), atol=1e-3)
+    groups = torch.tensor([[0.0, 3.0], [3.0, 10.0], [20.0, 30.0]])
+    assert torch.allclose(mean(interval_label_distribution(groups, bins, match_mean=True)),
+                          torch.tensor([1.5, 6.5, 25.0]), atol=0.05)
+    # The loss uses them when the run asks for it.
+    logits = torch.zeros(1, bins, requires_grad=True)
+    outputs = {"final_age": torch.tensor([5.0]), "final_age_logits": logits}
+    config = TrainConfig(loss_weights={"final": 1.0}, age_bins=bins, match_age_distribution_mean=True)
+    _, parts = multitask_loss(outputs, torch.tensor([1.5]), torch.tensor([-1]), config)
+    expected = torch.nn.functional.kl_div(torch.log_softmax(logits, 1), matched[:1], reduction="batchmean")
+    assert parts["final_age_distribution"] == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
 def test_a_face_with_an_age_group_learns_its_group_distribution():
     bins = 12
     logits = torch.zeros(1, bins, requires_grad=True)

@@ -502,12 +502,17 @@ def hand_computed_weights(ages, sources):
                         dtype=torch.float64)
 
 
-def test_dataset_weight_option_is_recorded_and_checked(tmp_path, morph_folder):
+def test_sampling_and_label_distribution_options_are_recorded_and_checked(tmp_path, morph_folder):
     common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "1", "--batch-size", "8",
               "--threads", "1", "--no-progress"]
     result = agegender(*common, "--dataset-weight", "morph2=3", "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset_weights"] == {"morph2": 3.0}
+    matched = agegender(*common, "--age-bins", "12", "--match-age-distribution-mean", "--out", tmp_path / "matched")
+    assert matched.returncode == 0, matched.stderr
+    assert json.loads((tmp_path / "matched" / "config.json").read_text())["match_age_distribution_mean"] is True
+    bad = agegender(*common, "--match-age-distribution-mean", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "it needs --age-bins K" in bad.stderr
     for option, message in (("fairface=2", "'fairface' is not one of this run's --dataset (morph2)"),
                             ("morph2=x", "expected DATASET=W"), ("morph2=0", "expected a positive weight")):
         bad = agegender(*common, "--dataset-weight", option, "--out", tmp_path / "bad")

@@ -57,6 +57,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--age-bins", type=int, default=defaults.age_bins,
                         help="paper net: predict each age as a distribution over this many bins, trained with a "
                         "label-distribution loss plus L1 (0: plain L1 regression, as the paper)")
+    parser.add_argument("--match-age-distribution-mean", action="store_true",
+                        help="with --age-bins: centre each age's label distribution so that its mean over the bins "
+                        "is the age (without it, babies' targets sit years too old)")
     parser.add_argument("--width", type=float, default=defaults.width,
                         help="paper net: multiply every layer's channels (1: the paper's ~99.2k parameters; 2: about "
                         "4x the parameters and FLOPs), for capacity studies")
@@ -200,6 +203,8 @@ def config_from_args(args, cards: dict[str, dict]):
                                f"({', '.join(run_datasets)})")
         if not dataset_weights[name] > 0:
             raise CommandError(f"--dataset-weight {item}: expected a positive weight")
+    if args.match_age_distribution_mean and not args.age_bins:
+        raise CommandError("--match-age-distribution-mean shapes label distributions: it needs --age-bins K")
     if not args.width > 0:
         raise CommandError(f"--width: expected a positive channel multiplier, got {args.width}")
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -207,7 +212,8 @@ def config_from_args(args, cards: dict[str, dict]):
                          camera_augment=args.camera_augment, tight_crop_p=args.tight_crop_p,
                          crop_scale=scale, age_bins=args.age_bins,
                          width=args.width, reparam=args.reparam, age_balance=args.age_balance,
-                         dataset_weights=dataset_weights, age_groups=args.age_groups, seed=args.seed,
+                         dataset_weights=dataset_weights,
+                         match_age_distribution_mean=args.match_age_distribution_mean, age_groups=args.age_groups, seed=args.seed,
                          threads=args.threads, device=args.device,
                          init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
                          distill_gender_weight=args.distill_gender_weight,

@@ -123,12 +123,30 @@ def multitask_loss(outputs: dict[str, torch.Tensor], ages: torch.Tensor, genders
     return total, parts
 
 
-def label_distribution(ages: torch.Tensor, bins: int, sigma: float = 0.0) -> torch.Tensor:
+def label_distribution(ages: torch.Tensor, bins: int, sigma: float = 0.0, match_mean: bool = False) -> torch.Tensor:
     """A Gaussian around each true age over the model's age bins (DLDL): neighbouring ages share evidence, which
-    suits noisy, apparent-age labels. sigma 0: the bin spacing."""
+    suits noisy, apparent-age labels. sigma 0: the bin spacing.
+
+    Near the first bin the Gaussian is cut off, so its mean over the bins lies above the age (5.4 years for a baby
+    of 1.5 with 12 bins over 0-100), and the distribution loss teaches what the age L1 forbids. match_mean moves
+    each Gaussian's centre until the distribution's mean over the bins is the age itself (ages inside the bins'
+    span; the same Gaussian where the cut-off does not matter)."""
     centres = age_bin_centres(bins, ages.device)
     sigma = sigma or float(centres[1] - centres[0])
-    return torch.softmax(-(centres[None, :] - ages[:, None]) ** 2 / (2 * sigma ** 2), 1)
+
+    def gaussian(centre: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(-(centres[None, :] - centre[:, None]) ** 2 / (2 * sigma ** 2), 1)
+
+    if not match_mean:
+        return gaussian(ages)
+    # The mean over the bins grows monotonically with the centre: bisect for the centre that gives the age.
+    target = ages.clamp(float(centres[0]) + 0.05 * sigma, float(centres[-1]) - 0.05 * sigma)
+    low, high = target - 8 * sigma, target + 8 * sigma
+    for _ in range(40):
+        middle = (low + high) / 2
+        too_old = (gaussian(middle) * centres).sum(1) > target
+        low, high = torch.where(too_old, low, middle), torch.where(too_old, middle, high)
+    return gaussian((low + high) / 2)
 
 
 # An open-ended age group ("70+") spreads its mass over this many years above its low end.
@@ -136,7 +154,8 @@ OPEN_GROUP_YEARS = 20.0
 INTERVAL_SAMPLES = 16  # ages averaged over a group's span for its label distribution
 
 
-def interval_label_distribution(age_ranges: torch.Tensor, bins: int, sigma: float = 0.0) -> torch.Tensor:
+def interval_label_distribution(age_ranges: torch.Tensor, bins: int, sigma: float = 0.0,
+                                match_mean: bool = False) -> torch.Tensor:
     """The label distribution of an age group [low, high): the Gaussian label distributions of ages spread evenly
     over it, averaged (a flat stretch over the group's bins with soft edges); an open-ended group spans
     OPEN_GROUP_YEARS."""
@@ -144,7 +163,8 @@ def interval_label_distribution(age_ranges: torch.Tensor, bins: int, sigma: floa
     high = torch.where(torch.isinf(age_ranges[:, 1]), low + OPEN_GROUP_YEARS, age_ranges[:, 1])
     steps = (torch.arange(INTERVAL_SAMPLES, device=age_ranges.device, dtype=low.dtype) + 0.5) / INTERVAL_SAMPLES
     ages = low[:, None] + steps[None, :] * (high - low)[:, None]  # faces x samples
-    return label_distribution(ages.reshape(-1), bins, sigma).reshape(len(low), INTERVAL_SAMPLES, bins).mean(1)
+    return label_distribution(ages.reshape(-1), bins, sigma, match_mean).reshape(len(low), INTERVAL_SAMPLES,
+                                                                                 bins).mean(1)
 
 
 def distribution_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -163,12 +183,14 @@ def age_distribution_targets(outputs: dict[str, torch.Tensor], ages: torch.Tenso
     has_age = torch.isfinite(ages)
     if logits is None:
         return torch.zeros_like(has_age), None
-    labelled = label_distribution(torch.nan_to_num(ages), logits.shape[1], config.age_sigma)
+    match_mean = config.match_age_distribution_mean
+    labelled = label_distribution(torch.nan_to_num(ages), logits.shape[1], config.age_sigma, match_mean)
     if age_ranges is not None:
         grouped = has_age & age_group_labelled(age_ranges)
         if grouped.any():
             labelled = labelled.clone()
-            labelled[grouped] = interval_label_distribution(age_ranges[grouped], logits.shape[1], config.age_sigma)
+            labelled[grouped] = interval_label_distribution(age_ranges[grouped], logits.shape[1], config.age_sigma,
+                                                            match_mean)
     teacher_distribution = teacher[2] if teacher is not None and len(teacher) > 2 else None
     if teacher_distribution is None:
         return has_age, labelled[has_age]

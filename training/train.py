@@ -72,6 +72,9 @@ class TrainConfig:
     reparam: bool = False
     age_sigma: float = 0.0  # label distribution width in years (0: the bin spacing)
     label_distribution_weight: float = 1.0  # weight of the distribution loss next to each head's age L1
+    # Centre each Gaussian label distribution so that its mean over the bins is the age (training/losses.py
+    # label_distribution): without it, babies' and children's targets sit years above their ages.
+    match_age_distribution_mean: bool = False
     # Sample each face with probability proportional to (faces in its 5-year age bin)^-age_balance: 0 = every face
     # once per epoch (the paper), 1 = every age bin equally often. Counters the pull towards the training sets'
     # mean age that shows as overestimated children and underestimated elderly on faces from elsewhere.
