@@ -69,12 +69,14 @@ test: $(STAMP)
 # dataset's label scale); 24 epochs, then a second 16-epoch cycle at a lower learning rate, then a third 24-epoch
 # cycle with camera augmentation; then four more cycles (16, 24, 16 and 16 epochs) that add FairFace's in-the-wild
 # faces of seven race groups (its train/ less the stratified 10% dev split; age groups as interval labels), without
-# the teacher, which cost AAF 0.13 years there; each cycle gained on every set (docs/experiments/fairface.md).
+# the teacher, which cost AAF 0.13 years there; each cycle gained on every set (docs/experiments/fairface.md); then
+# two 16-epoch cycles that draw FairFace's faces twice as often, the last with label distributions whose mean is
+# the age itself (without it, babies were taught to be 5).
 # FG-NET is never trained on, only scored (--unseen).
 # FairFace is not bundled: FAIRFACE=DIR names the folder that holds fairface_label_train.csv and fair_face/train/
 # (e.g. from the public GitHub repository sumanvithaeadala/EthnicityDetection; its val/ is never read).
-# About 2.3 h on 2 idle CPU cores (stages 1-3 ~40 min; FairFace's preprocessing ~10 min; stages 4-7 ~1.1 min per
-# epoch on the 58k faces, 72 epochs); each stage, and the teacher's pass, resumes after a kill.
+# About 3 h on 2 idle CPU cores (stages 1-3 ~40 min; FairFace's preprocessing ~10 min; stages 4-9 ~1.2 min per
+# epoch on the 58k faces, 104 epochs); each stage, and the teacher's pass, resumes after a kill.
 DATA := --dataset aaf --root ../shared/data/aaf --dataset utkface --root ../shared/data/utkface_aligned \
 	--tight-crop-p 0.5 --unseen fgnet=../shared/data/fgnet --crop-scale 2.2 --age-bins 12
 TEACHER := --teacher hse-faceres-deep --distill-weight 0.5 --distill-gender-weight 0.2 --teacher-calibration quantile
@@ -95,7 +97,11 @@ weights: $(STAMP)
 	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 16 --init-weights runs/default-stage5/model.pt \
 	  --out runs/default-stage6
 	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 16 --init-weights runs/default-stage6/model.pt \
-	  --out runs/default
+	  --out runs/default-stage7
+	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 16 --dataset-weight fairface=2 \
+	  --init-weights runs/default-stage7/model.pt --out runs/default-stage8
+	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 16 --dataset-weight fairface=2 --match-age-distribution-mean \
+	  --init-weights runs/default-stage8/model.pt --out runs/default
 	cp runs/default/model.pt agegender_ros/weights/paper_aaf_utk.pt
 	cp runs/default/model.json agegender_ros/weights/paper_aaf_utk.json
 	$(MAKE) weights-onnx
