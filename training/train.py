@@ -10,7 +10,8 @@ what a resume must share with the run that wrote the checkpoint).
 Options beyond the paper's recipe, each measured in docs/experiments/: label-distribution age heads (age_bins)
 and age-balanced sampling (age_balance) in training-recipe.md, knowledge distillation from frozen teachers
 (teacher) in distillation.md, including faces that only a teacher labels (CelebA's gender-only faces get the
-teachers' ages; celeba.md).
+teachers' ages; celeba.md), and drawing some datasets more often (dataset_weights) and label distributions whose
+mean is the age (match_age_distribution_mean) in fairface.md.
 
 Multi-GPU / multi-machine: start with `torchrun --nproc-per-node N -m training.cli train ...`; each rank takes
 its share of every epoch's permutation and DistributedDataParallel averages gradients. Only rank 0 writes.
