@@ -139,14 +139,16 @@ def label_distribution(ages: torch.Tensor, bins: int, sigma: float = 0.0, match_
 
     if not match_mean:
         return gaussian(ages)
-    # The mean over the bins grows monotonically with the centre: bisect for the centre that gives the age.
-    target = ages.clamp(float(centres[0]) + 0.05 * sigma, float(centres[-1]) - 0.05 * sigma)
+    # The mean over the bins grows monotonically with the centre: bisect for the centre that gives the age, once
+    # per distinct age (a batch holds few: whole years, and an age group's fixed samples).
+    target, inverse = torch.unique(ages.clamp(float(centres[0]) + 0.05 * sigma, float(centres[-1]) - 0.05 * sigma),
+                                   return_inverse=True)
     low, high = target - 8 * sigma, target + 8 * sigma
     for _ in range(40):
         middle = (low + high) / 2
         too_old = (gaussian(middle) * centres).sum(1) > target
         low, high = torch.where(too_old, low, middle), torch.where(too_old, middle, high)
-    return gaussian((low + high) / 2)
+    return gaussian(((low + high) / 2)[inverse])
 
 
 # An open-ended age group ("70+") spreads its mass over this many years above its low end.

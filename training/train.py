@@ -329,10 +329,11 @@ def dataset_sampling_weights(sources: np.ndarray | None, weights: dict) -> torch
     """Per-face sampling weight: weights[its dataset] (1 for datasets not named), normalised to a mean of 1."""
     if sources is None:
         raise ValueError("dataset_weights: this training set does not say which dataset each face came from")
-    unknown = sorted(set(weights) - set(np.unique(sources).tolist()))
+    present = np.unique(sources).tolist()
+    unknown = sorted(set(weights) - set(present))
     if unknown:
         raise ValueError(f"dataset_weights: {', '.join(unknown)} not among the training datasets "
-                         f"({', '.join(sorted(set(sources.tolist())))})")
+                         f"({', '.join(present)})")
     per_face = np.array([float(weights.get(source, 1.0)) for source in sources], np.float64)
     return torch.from_numpy(per_face / per_face.mean())
 
