@@ -15,8 +15,9 @@ the parameter budget and to stay cheap on a Jetson Nano / 2-core CPU):
                 └─ top: concat(gender, age features) -> 2 convs -> dropout -> FC -> FC -> (age, gender)  "final" pair
 
 `forward` returns all six raw outputs (the training loss needs each one); `predict` returns the ensemble used at
-inference: the weighted mean of the three ages and of the three P(male) (equal weights unless configured), plus
-the spread of the three ages as an uncertainty.
+inference: the weighted mean of the three ages and of the three P(male) (each head's weight a buffer stored with
+the weights: `set_ensemble_weights`, `agegender train --ensemble-age-weights/--ensemble-gender-weights`; equal
+unless set), plus the spread of the three ages as an uncertainty.
 
 Every model in the registry (`create_model`) follows the same contract, so training, export and the backends
 never special-case one: `forward(x) -> dict[str, Tensor]` with keys `<head>_age` (years, shape N) and/or

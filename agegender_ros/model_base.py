@@ -31,6 +31,28 @@ class AgeGenderModel(nn.Module):
             "ensemble_gender_weights", torch.tensor([float(weights.get(h, 1.0)) for h in self.heads]), persistent=True
         )
 
+    def set_ensemble_weights(self, age: dict[str, float] | None = None,
+                             gender: dict[str, float] | None = None) -> None:
+        """Each head's weight in `predict`'s mean of ages and of P(male); heads not named keep theirs. The weights
+        are buffers: they travel in the weights file and into every export."""
+        for kind, weights, buffer in (("age", age, self.ensemble_age_weights),
+                                      ("gender", gender, self.ensemble_gender_weights)):
+            new = buffer.detach().clone()
+            for head, weight in (weights or {}).items():
+                if head not in self.heads:
+                    raise ValueError(f"ensemble {kind} weights: no head {head!r} (heads: {', '.join(self.heads)})")
+                if not float(weight) >= 0:
+                    raise ValueError(f"ensemble {kind} weights: {head}={weight}, expected a weight >= 0")
+                new[self.heads.index(head)] = float(weight)
+            if not new.sum() > 0:
+                raise ValueError(f"ensemble {kind} weights: at least one head needs a positive weight")
+            buffer.copy_(new)
+
+    def ensemble_weights(self) -> dict[str, dict[str, float]]:
+        """{"age": {head: weight}, "gender": {...}}, as `predict` uses them (for model cards)."""
+        return {kind: {head: round(float(w), 6) for head, w in zip(self.heads, buffer)}
+                for kind, buffer in (("age", self.ensemble_age_weights), ("gender", self.ensemble_gender_weights))}
+
     @staticmethod
     def to_age(raw: torch.Tensor) -> torch.Tensor:
         return AGE_OFFSET + AGE_SCALE * raw.squeeze(-1)

@@ -189,6 +189,14 @@ def test_label_distribution_model_exports_and_engine_outputs_only_what_the_ensem
     save_weights(model, path, {"architecture": "paper", "model_args": {"age_bins": 12}, "training_data": "none"})
     torch_backend, onnx_backend = _torch_and_onnx(path, tmp_path)
     _assert_onnx_parity(torch_backend, onnx_backend, sample_faces)
+    # Heads weighted unequally in the ensemble (buffers of the weights file) export with their weights.
+    model.set_ensemble_weights(age={"virtual": 0, "low": 0.25}, gender={"virtual": 0, "low": 0.5})
+    weighted = tmp_path / "weighted" / "bins.pt"
+    weighted.parent.mkdir()
+    save_weights(model, weighted, {"architecture": "paper", "model_args": {"age_bins": 12}, "training_data": "none"})
+    weighted_torch, weighted_onnx = _torch_and_onnx(weighted, tmp_path / "weighted")
+    _assert_onnx_parity(weighted_torch, weighted_onnx, sample_faces)
+    assert not np.allclose(weighted_torch(sample_faces)[0], torch_backend(sample_faces)[0])
     assert ForwardOutputs(model).output_names == tuple(sorted(f"{h}_{t}" for h in ("final", "virtual", "low")
                                                               for t in ("age", "gender")))
 

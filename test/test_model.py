@@ -45,6 +45,31 @@ def test_ensemble_is_the_weighted_mean_of_heads_and_the_spread_their_std():
     assert p_male.item() == pytest.approx(0.75)
 
 
+def test_set_ensemble_weights_changes_predict_and_travels_in_the_weights_file(tmp_path):
+    from agegender_ros.weights import load_model, save_weights
+
+    torch.manual_seed(0)
+    model = PaperNet(age_bins=12).eval()
+    x = torch.randn(4, 3, 64, 64)
+    model.set_ensemble_weights(age={"virtual": 0, "low": 0.25}, gender={"virtual": 0.0})
+    assert model.ensemble_weights() == {"age": {"final": 1.0, "virtual": 0.0, "low": 0.25},
+                                        "gender": {"final": 1.0, "virtual": 0.0, "low": 1.0}}
+    outputs = model(x)
+    age, p_male, _ = model.predict(x)
+    torch.testing.assert_close(age, ((outputs["final_age"] + 0.25 * outputs["low_age"]) / 1.25).clamp(0, 100))
+    torch.testing.assert_close(p_male, (torch.sigmoid(outputs["final_gender"]) + torch.sigmoid(outputs["low_gender"])) / 2)
+    path = tmp_path / "weighted.pt"
+    save_weights(model, path, {"architecture": "paper", "model_args": {"age_bins": 12}, "training_data": "none"})
+    loaded, _ = load_model(path)
+    assert loaded.ensemble_weights() == model.ensemble_weights()
+    torch.testing.assert_close(loaded.predict(x)[0], age)
+    for bad, message in (({"middle": 1.0}, "no head 'middle'"), ({"low": -1.0}, "expected a weight >= 0"),
+                         ({"final": 0, "virtual": 0, "low": 0}, "at least one head")):
+        with pytest.raises(ValueError, match=message):
+            model.set_ensemble_weights(age=bad)
+    assert model.ensemble_weights()["age"] == {"final": 1.0, "virtual": 0.0, "low": 0.25}  # a refusal changes nothing
+
+
 def test_predict_clamps_age_and_returns_probabilities():
     model = PaperNet().eval()
     age, p_male, spread = model.predict(torch.randn(8, 3, 64, 64) * 50)

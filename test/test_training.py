@@ -687,6 +687,63 @@ def test_resume_refuses_a_changed_recipe_or_data_and_a_corrupt_checkpoint(tmp_pa
     assert "delete it" in corrupt.stderr and "Traceback" not in corrupt.stderr
 
 
+
+def test_eval_every_changes_only_when_held_out_faces_are_scored(tmp_path, morph_folder):
+    common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "3", "--batch-size", "8",
+              "--threads", "1", "--no-progress"]
+    every = agegender(*common, "--out", tmp_path / "every")
+    second = agegender(*common, "--eval-every", "2", "--out", tmp_path / "second")
+    once = agegender(*common, "--eval-every", "0", "--out", tmp_path / "once")
+    assert every.returncode == second.returncode == once.returncode == 0, every.stderr + second.stderr + once.stderr
+    runs = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("every", "second", "once")}
+    assert ["mae" in entry for entry in runs["every"]["history"]] == [True, True, True]
+    assert ["mae" in entry for entry in runs["second"]["history"]] == [False, True, False]
+    assert ["mae" in entry for entry in runs["once"]["history"]] == [False, False, False]
+    reference = torch.load(tmp_path / "every" / "model.pt")
+    for name in ("second", "once"):
+        weights = torch.load(tmp_path / name / "model.pt")
+        assert weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in reference)
+        assert runs[name]["metrics"] == runs["every"]["metrics"]  # the final score is always taken
+        assert [e["train_loss"] for e in runs[name]["history"]] == [e["train_loss"] for e in runs["every"]["history"]]
+    # How often a run scores is not part of its recipe: a run may resume with another --eval-every.
+    resumed = agegender(*common, "--eval-every", "1", "--resume", "--out", tmp_path / "once")
+    assert resumed.returncode == 0, resumed.stderr
+    negative = agegender(*common, "--eval-every", "-1", "--out", tmp_path / "negative")
+    assert negative.returncode == 2 and "--eval-every: expected 0" in negative.stderr
+
+
+
+def test_ensemble_weights_are_trained_into_the_weights_recorded_and_inherited(tmp_path, morph_folder):
+    from agegender_ros.weights import load_model
+
+    common = ["train", "--dataset", "morph2", "--root", morph_folder, "--epochs", "1", "--batch-size", "8",
+              "--threads", "1", "--no-progress"]
+    first = agegender(*common, "--ensemble-age-weights", "virtual=0,low=0.25", "--ensemble-gender-weights",
+                      "virtual=0", "--out", tmp_path / "first")
+    assert first.returncode == 0, first.stderr
+    expected = {"age": {"final": 1.0, "virtual": 0.0, "low": 0.25}, "gender": {"final": 1.0, "virtual": 0.0, "low": 1.0}}
+    model, card = load_model(tmp_path / "first" / "model.pt")
+    assert model.ensemble_weights() == card["ensemble_weights"] == expected
+    assert card["recipe"]["ensemble_age_weights"] == {"virtual": 0.0, "low": 0.25}
+    # The card's scores are the weighted ensemble's: evaluate (which runs predict) gives the same MAE.
+    scored = agegender("evaluate", "--dataset", "morph2", "--root", morph_folder, "--weights",
+                       tmp_path / "first" / "model.pt", "--protocol", "kfold5", "--json")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["mae"] == pytest.approx(card["metrics"]["mae"], abs=1e-4)
+    # Fine-tuning keeps the starting weights' ensemble unless told otherwise.
+    tuned = agegender(*common, "--init-weights", tmp_path / "first" / "model.pt", "--ensemble-gender-weights",
+                      "low=0.5", "--out", tmp_path / "tuned")
+    assert tuned.returncode == 0, tuned.stderr
+    assert load_model(tmp_path / "tuned" / "model.pt")[0].ensemble_weights() == {
+        "age": expected["age"], "gender": {"final": 1.0, "virtual": 0.0, "low": 0.5}}
+    for flag, value, message in (("--ensemble-age-weights", "middle=1", "no head 'middle'"),
+                                 ("--ensemble-gender-weights", "low=x", "expected head=weight"),
+                                 ("--ensemble-age-weights", "final=0,virtual=0,low=0", "at least one head")):
+        refused = agegender(*common, flag, value, "--out", tmp_path / "refused")
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+        assert not (tmp_path / "refused").exists()
+
+
 # --- splits: which faces a run held out, kept in its card -------------------------------------------------------
 
 

@@ -32,8 +32,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 # What a resumed run must share with the run that wrote the checkpoint: everything in TrainConfig but where and
-# how fast it runs.
-NOT_RECIPE = ("threads", "device", "amp")
+# how fast it runs, and how often it scores the held-out faces.
+NOT_RECIPE = ("threads", "device", "amp", "eval_every")
 
 
 def recipe(config: TrainConfig | dict) -> dict:

@@ -113,7 +113,14 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-split-mismatch", action="store_true", help="with --init-weights: train even though "
                         "those weights trained on a split of one of this run's datasets that holds out other faces "
                         "(only right when the two folders hold different photos)")
+    for kind in ("age", "gender"):
+        parser.add_argument(f"--ensemble-{kind}-weights", default="", metavar="HEAD=W,...", help=f"each head's "
+                            f"weight in the predicted {kind} (e.g. final=1,virtual=0,low=0.5; heads not named keep "
+                            "those of --init-weights, else 1); stored with the weights, never used in training")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--eval-every", type=int, default=1, metavar="N", help="score the held-out faces after "
+                        "every Nth epoch (the history's val curves; 0: only after the last); the weights do not "
+                        "depend on it")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -155,10 +162,21 @@ def config_from_args(args, cards: dict[str, dict]):
     from .teachers import TEACHERS, TeacherError, fetch_teacher
     from .train import TrainConfig
 
-    try:
-        weights = {k: float(v) for k, v in (item.split("=") for item in args.loss_weights.split(",") if item)}
+    def head_weights(option: str, text: str) -> dict[str, float]:
+        try:
+            return {k: float(v) for k, v in (item.split("=") for item in text.split(",") if item)}
+        except ValueError as error:
+            raise CommandError(f"{option}: expected head=weight,... got {text!r}") from error
+
+    weights = head_weights("--loss-weights", args.loss_weights)
+    ensemble = {kind: head_weights(f"--ensemble-{kind}-weights", getattr(args, f"ensemble_{kind}_weights"))
+                for kind in ("age", "gender")}
+    try:  # a head the model lacks or a bad weight is refused before any preprocessing
+        from agegender_ros.model import create_model
+
+        create_model(args.model).set_ensemble_weights(ensemble["age"], ensemble["gender"])
     except ValueError as error:
-        raise CommandError(f"--loss-weights: expected head=weight,... got {args.loss_weights!r}") from error
+        raise CommandError(f"--ensemble-*-weights: {error}") from error
     for option, share in (("--distill-weight", args.distill_weight),
                           ("--distill-gender-weight", args.distill_gender_weight)):
         if share is not None and not 0.0 <= share <= 1.0:
@@ -188,6 +206,9 @@ def config_from_args(args, cards: dict[str, dict]):
             fetch_teacher(teacher)
         except TeacherError as error:
             raise CommandError(f"--teacher {teacher}: {error}") from error
+    if args.eval_every < 0:
+        raise CommandError(f"--eval-every: expected 0 (only after the last epoch) or a number of epochs, got "
+                           f"{args.eval_every}")
     if not 0.0 <= args.age_balance <= 1.0:
         raise CommandError(f"--age-balance: expected a power between 0 and 1, got {args.age_balance}")
     dataset_weights = {}
@@ -214,7 +235,8 @@ def config_from_args(args, cards: dict[str, dict]):
                          width=args.width, reparam=args.reparam, age_balance=args.age_balance,
                          dataset_weights=dataset_weights, age_groups=args.age_groups, seed=args.seed,
                          match_age_distribution_mean=args.match_age_distribution_mean,
-                         threads=args.threads, device=args.device,
+                         ensemble_age_weights=ensemble["age"], ensemble_gender_weights=ensemble["gender"],
+                         threads=args.threads, eval_every=args.eval_every, device=args.device,
                          init_weights=args.init_weights, teacher=args.teacher, distill_weight=args.distill_weight,
                          distill_gender_weight=args.distill_gender_weight,
                          teacher_precision=args.teacher_precision, teacher_skip=args.teacher_skip,
