@@ -1,0 +1,76 @@
+"""How each head, and each way of weighting the three heads, scores (docs/experiments/ensemble.md).
+
+    .venv/bin/python docs/ensemble_weights.py WEIGHTS.pt [FAIRFACE_DIR]
+
+Runs the weights' three heads once on the training faces and on the held-out faces of the default weights' sets
+(AAF official split, the UTKFace aligned fifth, FairFace's dev10 split when FAIRFACE_DIR is given; FG-NET, never
+trained on, as held-out only), then scores every weighting (final 1, virtual and low-level 0, 0.25, 0.5 or 1) of
+the ages and of P(male) on both sides. The weighting is chosen on the training faces; the held-out columns show
+what it does where it counts. FairFace: age-group accuracy, a missed face counted wrong, as `agegender evaluate`.
+A one-off analysis, not part of the package.
+"""
+import itertools
+import sys
+
+import numpy as np
+import torch
+
+from agegender_ros.weights import crop_scale, load_model
+from training.augment import augment_batch
+from training.cli import load_dataset, pick_fold
+from training.metrics import age_gender_metrics, group_report
+
+WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+SETS = [("aaf", "../shared/data/aaf", "official"), ("utkface", "../shared/data/utkface_aligned", "random80"),
+        ("fgnet", "../shared/data/fgnet", None)]
+
+
+@torch.no_grad()
+def head_outputs(model, crops: np.ndarray) -> dict[str, np.ndarray]:
+    """Each head's age and P(male) for stored crops, preprocessed as `predict_crops` does."""
+    model.eval()
+    chunks: dict[str, list] = {}
+    for start in range(0, len(crops), 512):
+        outputs = model(augment_batch(torch.from_numpy(crops[start:start + 512]), None, enabled=False))
+        for head in model.heads:
+            chunks.setdefault(f"{head}_age", []).append(outputs[f"{head}_age"].numpy())
+            chunks.setdefault(f"{head}_p_male", []).append(torch.sigmoid(outputs[f"{head}_gender"]).numpy())
+    return {key: np.concatenate(parts) for key, parts in chunks.items()}
+
+
+def scores(part: dict, age_weights: tuple, gender_weights: tuple) -> tuple[float, float]:
+    """(gender accuracy %, MAE or FairFace age-group accuracy %) with these head weights."""
+    heads, data = part["heads"], part["data"]
+    age = np.clip(sum(w * part[f"{h}_age"] for h, w in zip(heads, age_weights)) / sum(age_weights), 0, 100)
+    p_male = sum(w * part[f"{h}_p_male"] for h, w in zip(heads, gender_weights)) / sum(gender_weights)
+    if data.has_intervals:  # FairFace: all faces, a miss counted wrong, as `agegender evaluate` reports them
+        everyone = group_report(data.races, data.age_ranges, age, data.genders, p_male, data.detected)["all"]
+        return 100 * everyone["gender_acc"], 100 * everyone["age_group_acc"]
+    metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
+    return 100 * (metrics["gender_acc"] or float("nan")), metrics["mae"]
+
+
+def main() -> None:
+    model, card = load_model(sys.argv[1])
+    sets = SETS + ([("fairface", sys.argv[2], "dev10")] if len(sys.argv) > 2 else [])
+    parts = {}
+    for name, root, protocol in sets:
+        data = load_dataset(name, root, "scrfd", progress=False, crop_scale=crop_scale(card))
+        sides = {"held out": np.arange(len(data))} if protocol is None else \
+            dict(zip(("train", "held out"), pick_fold(name, data, protocol, 0, 0)[2:]))
+        for side, index in sides.items():
+            subset = data.subset(index)
+            parts[(name, side)] = {"data": subset, "heads": model.heads, **head_outputs(model, subset.crops)}
+    print("| weights: " + ", ".join(model.heads) + " | " + " | ".join(f"{n} {s}" for n, s in parts) + " |")
+    print("|---" * (len(parts) + 1) + "|")
+    # Each head alone, then final 1 with every weight of the other two (the first of these: equal weights).
+    alone = [tuple(float(i == j) for j in range(3)) for i in range(3)]
+    grid = [(1.0, v, lo) for v, lo in itertools.product(WEIGHTS[::-1], WEIGHTS[::-1]) if v or lo]
+    for weights in alone + grid:
+        cells = [("–" if np.isnan(g) else f"{g:.2f}%") + (f" / {a:.2f}%" if n == "fairface" else f" / {a:.3f}")
+                 for (n, _), (g, a) in ((key, scores(part, weights, weights)) for key, part in parts.items())]
+        print("| " + ", ".join(f"{w:g}" for w in weights) + " | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
