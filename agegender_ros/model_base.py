@@ -23,13 +23,9 @@ class AgeGenderModel(nn.Module):
 
     def __init__(self, ensemble_weights: dict[str, float] | None = None):
         super().__init__()
-        weights = ensemble_weights or {}
-        self.register_buffer(
-            "ensemble_age_weights", torch.tensor([float(weights.get(h, 1.0)) for h in self.heads]), persistent=True
-        )
-        self.register_buffer(
-            "ensemble_gender_weights", torch.tensor([float(weights.get(h, 1.0)) for h in self.heads]), persistent=True
-        )
+        self.register_buffer("ensemble_age_weights", torch.ones(len(self.heads)), persistent=True)
+        self.register_buffer("ensemble_gender_weights", torch.ones(len(self.heads)), persistent=True)
+        self.set_ensemble_weights(ensemble_weights, ensemble_weights)
 
     def set_ensemble_weights(self, age: dict[str, float] | None = None,
                              gender: dict[str, float] | None = None) -> None:

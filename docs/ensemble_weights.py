@@ -16,26 +16,24 @@ import numpy as np
 import torch
 
 from agegender_ros.weights import crop_scale, load_model
-from training.augment import augment_batch
 from training.cli import load_dataset, pick_fold
 from training.metrics import age_gender_metrics, group_report
+from training.train import predict_crops
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 SETS = [("aaf", "../shared/data/aaf", "official"), ("utkface", "../shared/data/utkface_aligned", "random80"),
         ("fgnet", "../shared/data/fgnet", None)]
 
 
-@torch.no_grad()
 def head_outputs(model, crops: np.ndarray) -> dict[str, np.ndarray]:
-    """Each head's age and P(male) for stored crops, preprocessed as `predict_crops` does."""
-    model.eval()
-    chunks: dict[str, list] = {}
-    for start in range(0, len(crops), 512):
-        outputs = model(augment_batch(torch.from_numpy(crops[start:start + 512]), None, enabled=False))
-        for head in model.heads:
-            chunks.setdefault(f"{head}_age", []).append(outputs[f"{head}_age"].numpy())
-            chunks.setdefault(f"{head}_p_male", []).append(torch.sigmoid(outputs[f"{head}_gender"]).numpy())
-    return {key: np.concatenate(parts) for key, parts in chunks.items()}
+    """Each head's age and P(male) for stored crops: `predict_crops` (as `agegender evaluate` runs it) with that
+    head's ensemble weight 1 and the others' 0."""
+    outputs = {}
+    for head in model.heads:
+        alone = {h: float(h == head) for h in model.heads}
+        model.set_ensemble_weights(alone, alone)
+        outputs[f"{head}_age"], outputs[f"{head}_p_male"], _ = predict_crops(model, crops, torch.device("cpu"))
+    return outputs
 
 
 def scores(part: dict, age_weights: tuple, gender_weights: tuple) -> tuple[float, float]:
