@@ -23,7 +23,7 @@ class FaceEstimate:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
     score: float  # detection score
     age: float  # years
-    age_std: float  # spread of the ensemble members' ages (years): an uncertainty hint
+    age_std: float  # unweighted spread of the network heads' ages (years): an uncertainty hint
     p_male: float
     landmarks: np.ndarray | None = None
 

@@ -80,6 +80,8 @@ def ensemble(
     aw, pw = torch.stack(age_w), torch.stack(prob_w)
     age = (age_stack * aw).sum(1) / aw.sum()
     p_male = (p_stack * pw).sum(1) / pw.sum()
+    # Unweighted on purpose: the disagreement of every head, those with little or no weight in the answer included,
+    # flags the faces whose answer is far off better than a spread weighted as the answer (experiments/ensemble.md).
     age_std = age_stack.std(1, unbiased=False)  # 0 for a single-head model
     return age.clamp(0.0, 100.0), p_male, age_std
 

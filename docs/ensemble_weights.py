@@ -7,7 +7,9 @@ Runs the weights' three heads once on the training faces and on the held-out fac
 trained on, as held-out only), then scores every weighting (final 1, virtual and low-level 0, 0.25, 0.5 or 1) of
 the ages and of P(male) on both sides. The weighting is chosen on the training faces; the held-out columns show
 what it does where it counts. FairFace: age-group accuracy, a missed face counted wrong, as `agegender evaluate`.
-A one-off analysis, not part of the package.
+A second table asks which spread of the heads' ages is the better uncertainty hint (`age_std`): the plain one
+published, or one weighted as the answer is (with the weights' own ensemble weights). A one-off analysis, not part
+of the package.
 """
 import itertools
 import sys
@@ -48,8 +50,41 @@ def scores(part: dict, age_weights: tuple, gender_weights: tuple) -> tuple[float
     return 100 * (metrics["gender_acc"] or float("nan")), metrics["mae"]
 
 
+def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho (ranks' Pearson correlation; the values here are continuous, so ties are rare)."""
+    return float(np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1])
+
+
+def spread_table(parts: dict, age_weights: tuple) -> None:
+    """How well each spread of the heads' ages flags the faces whose answer is far off, on the held-out sides:
+    rank correlation with the error (FairFace: years outside the group) and the mean error of the quarter of faces
+    with the largest spread against the other three quarters."""
+    print("\n| age spread | " + " | ".join(f"{n} {s}" for n, s in parts if s == "held out") + " |")
+    print("|---" * (1 + sum(s == "held out" for _, s in parts)) + "|")
+    weights = np.asarray(age_weights)
+    for name in ("unweighted (published age_std)", "weighted as the answer"):
+        cells = []
+        for (_, side), part in parts.items():
+            if side != "held out":
+                continue
+            ages, data = np.stack([part[f"{h}_age"] for h in part["heads"]], 1), part["data"]
+            answer = np.clip(ages @ weights / weights.sum(), 0, 100)
+            spread = ages.std(1) if name.startswith("unweighted") else \
+                np.sqrt(((ages - answer[:, None]) ** 2) @ weights / weights.sum())
+            if data.has_intervals:
+                low, high = data.age_ranges[:, 0], data.age_ranges[:, 1]
+                error = np.maximum(low - answer, 0) + np.maximum(answer - high, 0)
+            else:
+                error = np.abs(answer - data.ages)
+            top = spread >= np.quantile(spread, 0.75)
+            rho = rank_correlation(spread, error)
+            cells.append(f"ρ {rho:.3f}; {error[top].mean():.2f} / {error[~top].mean():.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     model, card = load_model(sys.argv[1])
+    shipped_age_weights = tuple(model.ensemble_age_weights.tolist())
     sets = SETS + ([("fairface", sys.argv[2], "dev10")] if len(sys.argv) > 2 else [])
     parts = {}
     for name, root, protocol in sets:
@@ -68,6 +103,7 @@ def main() -> None:
         cells = [("–" if np.isnan(g) else f"{g:.2f}%") + (f" / {a:.2f}%" if n == "fairface" else f" / {a:.3f}")
                  for (n, _), (g, a) in ((key, scores(part, weights, weights)) for key, part in parts.items())]
         print("| " + ", ".join(f"{w:g}" for w in weights) + " | " + " | ".join(cells) + " |")
+    spread_table(parts, shipped_age_weights)
 
 
 if __name__ == "__main__":
