@@ -1,0 +1,69 @@
+"""Held-out scores on clean faces and on the same faces as other cameras would deliver them (docs/experiments/
+fairface.md, "Camera augmentation in the last stage").
+
+    .venv/bin/python docs/camera_degraded.py WEIGHTS.pt [WEIGHTS.pt ...] [--fairface FAIRFACE_DIR]
+
+The held-out faces of the default weights' sets (AAF official split, the UTKFace aligned fifth, all of FG-NET,
+FairFace's dev10 split when given), scored as they are and after training's camera degradation
+(training/augment.py `camera_degrade`: low resolution, blur, sensor noise, JPEG, each on a random part of the faces)
+with a fixed seed, so every weights file sees the same degraded faces. FairFace: gender and age-group accuracy,
+all faces, a missed face counted wrong, as `agegender evaluate`. A one-off analysis, not part of the package.
+"""
+import argparse
+
+import numpy as np
+import torch
+
+from agegender_ros.weights import crop_scale, load_model
+from training.augment import augment_batch, camera_degrade
+from training.cli import load_dataset, pick_fold
+from training.metrics import age_gender_metrics, group_report
+
+SETS = [("aaf", "../shared/data/aaf", "official"), ("utkface", "../shared/data/utkface_aligned", "random80"),
+        ("fgnet", "../shared/data/fgnet", None)]
+
+
+def answers(model, crops: np.ndarray, degrade: bool) -> tuple[np.ndarray, np.ndarray]:
+    generator = torch.Generator().manual_seed(0)
+    ages, probs = [], []
+    with torch.no_grad():
+        for start in range(0, len(crops), 256):
+            x = augment_batch(torch.from_numpy(crops[start:start + 256]), None, enabled=False)
+            age, p_male, _ = model.predict(camera_degrade(x, generator) if degrade else x)
+            ages.append(age.numpy()), probs.append(p_male.numpy())
+    return np.concatenate(ages), np.concatenate(probs)
+
+
+def cell(data, age: np.ndarray, p_male: np.ndarray) -> str:
+    if data.has_intervals:
+        everyone = group_report(data.races, data.age_ranges, age, data.genders, p_male, data.detected)["all"]
+        return f"{100 * everyone['gender_acc']:.2f}% / {100 * everyone['age_group_acc']:.2f}%"
+    metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
+    return f"{metrics['mae']:.3f}" + (f" / {100 * metrics['gender_acc']:.2f}%" if metrics["gender_acc"] else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("weights", nargs="+")
+    parser.add_argument("--fairface")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    models = [load_model(path) for path in args.weights]
+    sets = SETS + ([("fairface", args.fairface, "dev10")] if args.fairface else [])
+    columns = [f"{name} {kind}" for name, _, _ in sets for kind in ("clean", "degraded")]
+    rows = {path: [] for path in args.weights}
+    for name, root, protocol in sets:
+        data = load_dataset(name, root, "scrfd", progress=False, crop_scale=crop_scale(models[0][1]))
+        if protocol:
+            data = data.subset(pick_fold(name, data, protocol, 0, 0)[3])
+        for path, (model, _) in zip(args.weights, models):
+            model.eval()
+            rows[path] += [cell(data, *answers(model, data.crops, degrade)) for degrade in (False, True)]
+    print("| weights | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for path, cells in rows.items():
+        print(f"| {path} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
