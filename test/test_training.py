@@ -327,6 +327,19 @@ def test_camera_augmentation_is_seeded_and_changes_faces():
     plain = augment_batch(crops, torch.Generator().manual_seed(5), True, camera=False)
     assert first.shape == (64, 3, 64, 64) and torch.equal(first, again)
     assert torch.isfinite(first).all() and not torch.equal(first, plain)
+    # A strength below 1 degrades fewer of the faces; 0 none (the plain augmentation, same random stream).
+    changed = {}
+    for strength in (1.0, 0.5, 0.0):
+        out = augment_batch(crops, torch.Generator().manual_seed(5), True, camera=strength)
+        changed[strength] = int(((out - plain).abs().flatten(1).amax(1) > 1e-6).sum())
+    assert changed[1.0] == int(((first - plain).abs().flatten(1).amax(1) > 1e-6).sum())
+    assert changed[1.0] > changed[0.5] > 0 and changed[0.0] == 0
+
+
+def test_camera_augment_strength_is_checked(tmp_path, morph_folder):
+    bad = agegender("train", "--dataset", "morph2", "--root", morph_folder, "--camera-augment", "1.5",
+                    "--out", tmp_path / "r")
+    assert bad.returncode == 2 and "--camera-augment: expected a share between 0 and 1, got 1.5" in bad.stderr
 
 
 def test_flip_averaging_is_symmetric(random_weights):

@@ -21,8 +21,9 @@ from .cache import CONTEXT
 
 
 def augment_batch(crops: torch.Tensor, generator: torch.Generator | None, enabled: bool,
-                  grayscale_p: float = 0.1, camera: bool = False, tight_crop_p: float = 0.0) -> torch.Tensor:
-    """uint8 N x 80 x 80 x 3 BGR crops -> normalised N x 3 x 64 x 64 float input, randomly augmented if enabled."""
+                  grayscale_p: float = 0.1, camera: float = 0.0, tight_crop_p: float = 0.0) -> torch.Tensor:
+    """uint8 N x 80 x 80 x 3 BGR crops -> normalised N x 3 x 64 x 64 float input, randomly augmented if enabled
+    (camera: the strength of camera_degrade, 0 = none)."""
     n, device = crops.shape[0], crops.device
     x = normalise_crops_tensor(crops)
     # The identity resample takes the central 64/80 of the stored crop = the inference crop.
@@ -58,7 +59,7 @@ def augment_batch(crops: torch.Tensor, generator: torch.Generator | None, enable
         saturation = torch.where(to_grey, torch.zeros_like(saturation), saturation)
         x = grey + (x - grey) * saturation
         if camera:
-            x = camera_degrade(x, generator)
+            x = camera_degrade(x, generator, float(camera))
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -87,27 +88,28 @@ def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
     return kernel.expand(3, 1, 5, 5)
 
 
-def camera_degrade(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def camera_degrade(x: torch.Tensor, generator: torch.Generator | None, strength: float = 1.0) -> torch.Tensor:
     """What other cameras do to a face, each to a random part of the batch: a small sensor or a distant face
-    (downsample, then upsample back), defocus (Gaussian blur), sensor noise, and JPEG compression."""
+    (downsample, then upsample back), defocus (Gaussian blur), sensor noise, and JPEG compression. strength scales
+    each part (1: a quarter of the faces low-resolution, a fifth blurred, a fifth noisy, a quarter compressed)."""
     n, device = x.shape[0], x.device
     x = x.clone()
-    low_res = _chosen(n, 0.25, generator).to(device)
+    low_res = _chosen(n, 0.25 * strength, generator).to(device)
     if len(low_res):
         side = int(torch.randint(14, 41, (1,), generator=generator))
         small = F.interpolate(x[low_res], size=(side, side), mode="area")
         x[low_res] = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    blurred = _chosen(n, 0.2, generator).to(device)
+    blurred = _chosen(n, 0.2 * strength, generator).to(device)
     if len(blurred):
         sigma = float(torch.rand(1, generator=generator)) * 1.0 + 0.6
         padded = F.pad(x[blurred], (2, 2, 2, 2), mode="reflect")
         x[blurred] = F.conv2d(padded, _gaussian_kernel(sigma, device), groups=3)
-    noisy = _chosen(n, 0.2, generator).to(device)
+    noisy = _chosen(n, 0.2 * strength, generator).to(device)
     if len(noisy):
         # Pixel noise of 1-6% of the range, in normalised units (the channels' std is about 0.226).
         level = (torch.rand(len(noisy), 1, 1, 1, generator=generator) * 0.05 + 0.01).to(device) / 0.226
         x[noisy] = x[noisy] + torch.randn(x[noisy].shape, generator=generator).to(device) * level
-    compressed = _chosen(n, 0.25, generator)
+    compressed = _chosen(n, 0.25 * strength, generator)
     if len(compressed):
         qualities = torch.randint(20, 76, (len(compressed),), generator=generator).tolist()
         x[compressed.to(device)] = _jpeg(x[compressed.to(device)], qualities)

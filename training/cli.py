@@ -45,8 +45,10 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss-weights", default=",".join(f"{k}={v}" for k, v in defaults.loss_weights.items()),
                         help="per-head loss weights, e.g. final=1,low=0.5,virtual=0.25")
     parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--camera-augment", action="store_true", help="also mimic other cameras in augmentation: "
-                        "low resolution, blur, sensor noise, JPEG (helps on faces from unseen cameras)")
+    parser.add_argument("--camera-augment", type=float, nargs="?", const=1.0, default=defaults.camera_augment,
+                        metavar="STRENGTH", help="also mimic other cameras in augmentation: low resolution, blur, "
+                        "sensor noise, JPEG (helps on faces from unseen cameras); STRENGTH (0-1, default 1) scales the "
+                        "share of faces each degradation is applied to")
     parser.add_argument("--tight-crop-p", type=float, default=defaults.tight_crop_p,
                         help="fraction of faces whose margin is smeared as in a tightly cropped photo (UTKFace's "
                         "chips), so that a smeared margin does not tell one dataset apart (0-1)")
@@ -178,7 +180,8 @@ def config_from_args(args, cards: dict[str, dict]):
     except ValueError as error:
         raise CommandError(f"--ensemble-*-weights: {error}") from error
     for option, share in (("--distill-weight", args.distill_weight),
-                          ("--distill-gender-weight", args.distill_gender_weight)):
+                          ("--distill-gender-weight", args.distill_gender_weight),
+                          ("--camera-augment", args.camera_augment)):
         if share is not None and not 0.0 <= share <= 1.0:
             raise CommandError(f"{option}: expected a share between 0 and 1, got {share}")
     # Fine-tuning goes on cropping faces as the weights learned them, unless told otherwise.

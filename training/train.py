@@ -59,7 +59,9 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     grayscale_p: float = 0.1  # some greyscale faces: cameras, mugshots and IR frames are often colourless
-    camera_augment: bool = False  # also mimic other cameras: low resolution, blur, sensor noise, JPEG
+    # Also mimic other cameras (low resolution, blur, sensor noise, JPEG): 0 = off, 1 = each degradation on its full
+    # share of the faces (augment.camera_degrade), between = on that fraction of it.
+    camera_augment: float = 0.0
     # UTKFace's chips are cropped so tightly that the crop's margin is a smear of the chip's edge pixels (the crop
     # replicates borders), so "smeared margin" would tell the network "UTKFace" and its age distribution. This
     # smears the margin of that fraction of every dataset's faces, as if they too came from a tight chip.
