@@ -15,23 +15,22 @@ import numpy as np
 import torch
 
 from agegender_ros.weights import crop_scale, load_model
-from training.augment import augment_batch, camera_degrade
+from training.augment import camera_degrade
 from training.cli import load_dataset, pick_fold
 from training.metrics import age_gender_metrics, group_report
+from training.train import predict_crops
 
 SETS = [("aaf", "../shared/data/aaf", "official"), ("utkface", "../shared/data/utkface_aligned", "random80"),
         ("fgnet", "../shared/data/fgnet", None)]
 
 
 def answers(model, crops: np.ndarray, degrade: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(age, P(male)) as `agegender evaluate` gets them, on the faces as they are or degraded (a fresh seed each
+    call, so every weights file sees the same degraded faces)."""
     generator = torch.Generator().manual_seed(0)
-    ages, probs = [], []
-    with torch.no_grad():
-        for start in range(0, len(crops), 256):
-            x = augment_batch(torch.from_numpy(crops[start:start + 256]), None, enabled=False)
-            age, p_male, _ = model.predict(camera_degrade(x, generator) if degrade else x)
-            ages.append(age.numpy()), probs.append(p_male.numpy())
-    return np.concatenate(ages), np.concatenate(probs)
+    age, p_male, _ = predict_crops(model, crops, torch.device("cpu"),
+                                   transform=(lambda x: camera_degrade(x, generator)) if degrade else None)
+    return age, p_male
 
 
 def cell(data, age: np.ndarray, p_male: np.ndarray) -> str:
@@ -57,7 +56,6 @@ def main() -> None:
         if protocol:
             data = data.subset(pick_fold(name, data, protocol, 0, 0)[3])
         for path, (model, _) in zip(args.weights, models):
-            model.eval()
             rows[path] += [cell(data, *answers(model, data.crops, degrade)) for degrade in (False, True)]
     print("| weights | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")

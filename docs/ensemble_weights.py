@@ -19,7 +19,7 @@ import torch
 
 from agegender_ros.weights import crop_scale, load_model
 from training.cli import load_dataset, pick_fold
-from training.metrics import age_gender_metrics, group_report
+from training.metrics import age_gender_metrics, group_report, years_outside
 from training.train import predict_crops
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0)
@@ -38,11 +38,16 @@ def head_outputs(model, crops: np.ndarray) -> dict[str, np.ndarray]:
     return outputs
 
 
+def weighted(part: dict, output: str, weights: tuple) -> np.ndarray:
+    """The heads' `output` ("age" or "p_male") averaged with these weights, as `model_base.ensemble` does."""
+    return sum(w * part[f"{h}_{output}"] for h, w in zip(part["heads"], weights)) / sum(weights)
+
+
 def scores(part: dict, age_weights: tuple, gender_weights: tuple) -> tuple[float, float]:
     """(gender accuracy %, MAE or FairFace age-group accuracy %) with these head weights."""
-    heads, data = part["heads"], part["data"]
-    age = np.clip(sum(w * part[f"{h}_age"] for h, w in zip(heads, age_weights)) / sum(age_weights), 0, 100)
-    p_male = sum(w * part[f"{h}_p_male"] for h, w in zip(heads, gender_weights)) / sum(gender_weights)
+    data = part["data"]
+    age = np.clip(weighted(part, "age", age_weights), 0, 100)
+    p_male = weighted(part, "p_male", gender_weights)
     if data.has_intervals:  # FairFace: all faces, a miss counted wrong, as `agegender evaluate` reports them
         everyone = group_report(data.races, data.age_ranges, age, data.genders, p_male, data.detected)["all"]
         return 100 * everyone["gender_acc"], 100 * everyone["age_group_acc"]
@@ -59,26 +64,22 @@ def spread_table(parts: dict, age_weights: tuple) -> None:
     """How well each spread of the heads' ages flags the faces whose answer is far off, on the held-out sides:
     rank correlation with the error (FairFace: years outside the group) and the mean error of the quarter of faces
     with the largest spread against the other three quarters."""
-    print("\n| age spread | " + " | ".join(f"{n} {s}" for n, s in parts if s == "held out") + " |")
-    print("|---" * (1 + sum(s == "held out" for _, s in parts)) + "|")
-    weights = np.asarray(age_weights)
-    for name in ("unweighted (published age_std)", "weighted as the answer"):
-        cells = []
-        for (_, side), part in parts.items():
-            if side != "held out":
-                continue
-            ages, data = np.stack([part[f"{h}_age"] for h in part["heads"]], 1), part["data"]
-            answer = np.clip(ages @ weights / weights.sum(), 0, 100)
-            spread = ages.std(1) if name.startswith("unweighted") else \
-                np.sqrt(((ages - answer[:, None]) ** 2) @ weights / weights.sum())
-            if data.has_intervals:
-                low, high = data.age_ranges[:, 0], data.age_ranges[:, 1]
-                error = np.maximum(low - answer, 0) + np.maximum(answer - high, 0)
-            else:
-                error = np.abs(answer - data.ages)
+    held_out = {key: part for key, part in parts.items() if key[1] == "held out"}
+    print("\n| age spread | " + " | ".join(f"{n} {s}" for n, s in held_out) + " |")
+    print("|---" * (1 + len(held_out)) + "|")
+    rows = {"unweighted (published age_std)": [], "weighted as the answer": []}
+    for part in held_out.values():
+        data = part["data"]
+        ages = np.stack([part[f"{h}_age"] for h in part["heads"]], 1)
+        answer = np.clip(weighted(part, "age", age_weights), 0, 100)
+        error = years_outside(data.age_ranges, answer) if data.has_intervals else np.abs(answer - data.ages)
+        weights = np.asarray(age_weights)
+        spreads = (ages.std(1), np.sqrt(((ages - answer[:, None]) ** 2) @ weights / weights.sum()))
+        for cells, spread in zip(rows.values(), spreads):
             top = spread >= np.quantile(spread, 0.75)
             rho = rank_correlation(spread, error)
             cells.append(f"ρ {rho:.3f}; {error[top].mean():.2f} / {error[~top].mean():.2f}")
+    for name, cells in rows.items():
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

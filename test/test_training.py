@@ -328,11 +328,12 @@ def test_camera_augmentation_is_seeded_and_changes_faces():
     assert first.shape == (64, 3, 64, 64) and torch.equal(first, again)
     assert torch.isfinite(first).all() and not torch.equal(first, plain)
     # A strength below 1 degrades fewer of the faces; 0 none (the plain augmentation, same random stream).
-    changed = {}
-    for strength in (1.0, 0.5, 0.0):
-        out = augment_batch(crops, torch.Generator().manual_seed(5), True, camera=strength)
-        changed[strength] = int(((out - plain).abs().flatten(1).amax(1) > 1e-6).sum())
-    assert changed[1.0] == int(((first - plain).abs().flatten(1).amax(1) > 1e-6).sum())
+    def faces_changed(out: torch.Tensor) -> int:
+        return int(((out - plain).abs().flatten(1).amax(1) > 1e-6).sum())
+
+    changed = {strength: faces_changed(augment_batch(crops, torch.Generator().manual_seed(5), True, camera=strength))
+               for strength in (1.0, 0.5, 0.0)}
+    assert changed[1.0] == faces_changed(first)
     assert changed[1.0] > changed[0.5] > 0 and changed[0.0] == 0
 
 

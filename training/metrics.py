@@ -93,6 +93,13 @@ def group_index(ages: np.ndarray, groups: np.ndarray) -> np.ndarray:
                    len(groups) - 1)
 
 
+def years_outside(age_ranges, age_pred) -> np.ndarray:
+    """Each face's years between its predicted age and its age group [low, high) (0 inside; high inf: open)."""
+    ranges = np.asarray(age_ranges, np.float64).reshape(-1, 2)
+    age_pred = np.asarray(age_pred, np.float64)
+    return np.maximum(ranges[:, 0] - age_pred, 0) + np.maximum(age_pred - ranges[:, 1], 0)
+
+
 def interval_metrics(age_ranges, age_pred, groups: np.ndarray | None = None) -> dict:
     """Scores of predicted ages against age-group labels [low, high) (high inf: open-ended; faces without a group
     label, or with a year's, are left out): the fraction whose predicted age falls in the labelled group
@@ -104,9 +111,8 @@ def interval_metrics(age_ranges, age_pred, groups: np.ndarray | None = None) -> 
         return {"age_group_n": 0, "age_group_acc": None, "age_group_one_off": None, "years_outside": None}
     groups = age_groups(ranges) if groups is None else groups
     ranges, age_pred = ranges[grouped], age_pred[grouped]
-    low, high = ranges[:, 0], ranges[:, 1]
-    outside = np.maximum(low - age_pred, 0) + np.maximum(age_pred - high, 0)
-    true_group, predicted_group = group_index(low, groups), group_index(age_pred, groups)
+    outside = years_outside(ranges, age_pred)
+    true_group, predicted_group = group_index(ranges[:, 0], groups), group_index(age_pred, groups)
     return {"age_group_n": int(grouped.sum()),
             "age_group_acc": float(np.mean(predicted_group == true_group)),
             "age_group_one_off": float(np.mean(np.abs(predicted_group - true_group) <= 1)),

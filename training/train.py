@@ -437,14 +437,17 @@ def full_float32():
 @torch.no_grad()
 @full_float32()
 def predict_crops(model: AgeGenderModel, crops: np.ndarray, device: torch.device, batch_size: int = 512,
-                  flip: bool = False):
+                  flip: bool = False, transform=None):
     """Ensembled (age, P(male), age spread) for stored crops, without augmentation; flip: also the mirrored
-    crops, averaged (test-time augmentation)."""
+    crops, averaged (test-time augmentation); transform: applied to each normalised input batch first (e.g. a
+    seeded camera degradation, docs/camera_degraded.py)."""
     model.eval()
     ages, probs, spreads = [], [], []
     for start in range(0, len(crops), batch_size):
         batch = torch.from_numpy(crops[start:start + batch_size]).to(device)
         x = augment_batch(batch, None, enabled=False)
+        if transform is not None:
+            x = transform(x)
         age, p_male, spread = model.predict(x)
         if flip:
             mirrored = model.predict(x.flip(3))
