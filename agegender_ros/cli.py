@@ -239,7 +239,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     without_torch = importlib.util.find_spec("torch") is None
     parser = argparse.ArgumentParser(
         prog="agegender", description="Age and gender from faces: the paper's multi-task CNN (100,951 parameters), its "
-        "training and its ROS 2 node.", epilog=(f"Training commands (train, evaluate, protocol, report, "
+        "training and its ROS 2 node.", epilog=(f"Training commands (train, evaluate, protocol, soup, report, "
                                                 f"annotate-gender) need PyTorch: {TORCH_INSTALL_HINT}")
         if without_torch else None)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is picked and why")

@@ -1,4 +1,5 @@
-"""`agegender train | evaluate | protocol | report`: the training subpackage's commands (added to the `agegender` CLI).
+"""`agegender train | evaluate | protocol | soup | report`: the training subpackage's commands (added to the
+`agegender` CLI).
 
 Also runnable as `python -m training.cli train ...` (e.g. under torchrun for multi-GPU training).
 """
@@ -356,7 +357,6 @@ def _pairs(args) -> list[tuple[str, str]]:
 
 def cmd_train(args) -> int:
     from .cache import concatenate
-    from .datasets import DATASETS
     from .protocols import DEFAULT_PROTOCOL, merge_splits, split_record
     from .train import train
 
@@ -373,13 +373,8 @@ def cmd_train(args) -> int:
         splits.append(split_record(name, protocol, args.fold, fold_name, args.split_seed, data, train_index,
                                    test_index))
     splits = merge_splits(splits, inherited_splits(args, splits, cards))
-    unseen = []
-    for item in args.unseen or []:
-        name, _, root = item.partition("=")
-        if name not in DATASETS or not root:
-            raise CommandError(f"--unseen {item!r}: expected DATASET=ROOT with DATASET one of {', '.join(DATASETS)}")
-        unseen.append((name, root))
-    from agegender_ros.weights import WeightsError, load_model, update_card
+    unseen = unseen_pairs(args)
+    from agegender_ros.weights import WeightsError, load_model
 
     from .checkpoints import recipe
     from .distill import registered_teachers, teacher_paths
@@ -419,26 +414,107 @@ def cmd_train(args) -> int:
         raise CommandError(str(error)) from error
     if not result:  # not rank 0 of a multi-process run
         return 0
-    from .train import evaluate, pick_device
-
     weights = Path(args.out) / "model.pt"
     model, _ = load_model(weights)
+    result.update(held_out_scores(model, names, val_parts, unseen, args.detector, config.crop_scale,
+                                  not args.no_progress))
+    return finish_run(args.out, result)
+
+
+def unseen_pairs(args) -> list[tuple[str, str]]:
+    from .datasets import DATASETS
+
+    pairs = []
+    for item in args.unseen or []:
+        name, _, root = item.partition("=")
+        if name not in DATASETS or not root:
+            raise CommandError(f"--unseen {item!r}: expected DATASET=ROOT with DATASET one of {', '.join(DATASETS)}")
+        pairs.append((name, root))
+    return pairs
+
+
+def cmd_soup(args) -> int:
+    """The mean of several fine-tunings of one start (training/soup.py), written as a run folder like train's and
+    scored as train scores its model: on the held-out faces of each --dataset (the split the cards record) and on
+    all of each --unseen dataset."""
+    import torch
+
+    from agegender_ros.weights import WeightsError, crop_scale, load_model, save_weights
+
+    from .cache import concatenate
+    from .protocols import describe_split, same_split, split_record
+    from .soup import SoupError, average_cards, average_state_dicts
+    from .train import evaluate, pick_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        loaded = [load_model(path) for path in args.weights]
+        card = average_cards(args.weights, [c for _, c in loaded])
+        model = loaded[0][0]
+        model.load_state_dict(average_state_dicts([m.state_dict() for m, _ in loaded]))
+    except (WeightsError, SoupError) as error:
+        raise CommandError(str(error)) from error
+    scale, unseen = crop_scale(card), unseen_pairs(args)
+    names, val_parts = [], []
+    for name, root in _pairs(args):
+        recorded = [split for split in card.get("splits", []) if split["dataset"] == name]
+        if not recorded:
+            raise CommandError(f"--dataset {name}: the weights' cards record no split of it, so no faces are "
+                               f"held out from it (score all of it with --unseen {name}=ROOT)")
+        split = recorded[0]
+        data = load_dataset(name, root, args.detector, args.gender_file, not args.no_progress, scale)
+        fold, fold_name, train_index, test_index = pick_fold(name, data, split["protocol"], split.get("fold"),
+                                                             split["split_seed"], split["fold_name"])
+        if not same_split(split, split_record(name, split["protocol"], fold, fold_name, split["split_seed"], data,
+                                              train_index, test_index)):
+            raise CommandError(f"--root {root}: the held-out side of {describe_split(split)} holds other faces "
+                               f"here than where the weights were trained (another copy of {name}?)")
+        names.append(f"{name}:{split['protocol']}:{fold_name}")
+        val_parts.append(data.subset(test_index))
+    out, device, val_set = Path(args.out), pick_device("cpu"), concatenate(val_parts)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, predictions = evaluate(model, val_set, device)
+    np.savez(out / "predictions.npz", **predictions)
+    save_weights(model.cpu().eval(), out / "model.pt",
+                 {**card, "metrics": {k: v for k, v in metrics.items() if k != "mae_by_decade"}}, crop_scale=scale)
+    ingredients = card["recipe"]["weight_average_of"]
+    result = {"config": {"model": card["architecture"], "weight_average_of": [i["weights"] for i in ingredients],
+                         "init_weights": (ingredients[0]["recipe"] or {}).get("init_weights")},
+              "metrics": metrics, "val_images": len(val_set),
+              "metrics_flip_tta": {k: v for k, v in evaluate(model, val_set, device, flip=True)[0].items()
+                                   if k != "mae_by_decade"},
+              **held_out_scores(model, names, val_parts, unseen, args.detector, scale, not args.no_progress)}
+    return finish_run(args.out, result)
+
+
+def held_out_scores(model, names: list[str], val_parts: list, unseen: list[tuple[str, str]], detector: str,
+                    crop_scale: float, progress: bool) -> dict:
+    """{"per_dataset": each dataset's held-out part on its own (when there are several, so a combined run can be
+    compared with single-dataset ones), "unseen": all of each dataset never trained on (e.g. FG-NET: the
+    cross-dataset yardstick)}."""
+    from .train import evaluate, pick_device
+
     device = pick_device("cpu")
 
     def scores(data) -> dict:
         return {k: v for k, v in evaluate(model, data, device)[0].items() if k != "mae_by_decade"}
 
-    if len(val_parts) > 1:
-        # Each dataset's held-out part on its own, so a combined run can be compared with single-dataset ones.
-        result["per_dataset"] = {n: scores(part) for n, part in zip(names, val_parts)}
-    # Datasets never trained on (e.g. all of FG-NET): the cross-dataset yardstick.
-    result["unseen"] = {name: scores(load_dataset(name, root, args.detector, None, not args.no_progress,
-                                                  config.crop_scale))
+    result = {"per_dataset": {n: scores(part) for n, part in zip(names, val_parts)}} if len(val_parts) > 1 else {}
+    result["unseen"] = {name: scores(load_dataset(name, root, detector, None, progress, crop_scale))
                         for name, root in unseen}
-    (Path(args.out) / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    update_card(weights, {"metrics_per_dataset": result.get("per_dataset", {}), "metrics_unseen": result["unseen"]})
+    return result
+
+
+def finish_run(out: str, result: dict) -> int:
+    """Write a run's metrics.json, its held-out scores into the card of its model.pt, and print the summary line."""
+    from agegender_ros.weights import update_card
+
+    (Path(out) / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    update_card(Path(out) / "model.pt", {"metrics_per_dataset": result.get("per_dataset", {}),
+                                         "metrics_unseen": result["unseen"]})
     summary = {k: result["metrics"].get(k) for k in ("n", "mae", "gender_acc", "ca3", "ca5")}
-    print(json.dumps({"run": str(args.out), **summary,
+    print(json.dumps({"run": str(out), **summary,
                       **{k: result[k] for k in ("per_dataset", "unseen") if result.get(k)}}))
     return 0
 
@@ -674,6 +750,18 @@ def add_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="resume each fold from its checkpoint")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(func=cmd_protocol)
+
+    p = sub.add_parser("soup", help="average the weights of several fine-tunings of one start into one network "
+                       "(a model soup: same size and speed) and score it as train scores its model")
+    p.add_argument("weights", nargs="+", help="weights files (model.pt of train runs) that started from the same "
+                   "weights, trained on the same splits")
+    _dataset_args(p, repeatable=True)
+    p.add_argument("--unseen", action="append", metavar="DATASET=ROOT",
+                   help="also score all of a dataset never trained on, e.g. fgnet=FGNET (repeatable)")
+    p.add_argument("--out", required=True, help="run folder for the soup's model.pt + card, metrics.json")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_soup)
 
     p = sub.add_parser("report", help="markdown table (paper's Tables 1-5 shape) and PNG plots from run folders")
     p.add_argument("runs", nargs="+", help="run folders (from train or protocol)")
