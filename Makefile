@@ -73,19 +73,26 @@ test: $(STAMP)
 # two 16-epoch cycles that draw FairFace's faces twice as often, the last with label distributions whose mean is
 # the age itself (without it, babies were taught to be 5); then one more such cycle drawing them four times as
 # often, whose weights answer with the three heads weighted as chosen on the training faces (ENSEMBLE;
-# docs/experiments/ensemble.md). Held-out faces are scored once per stage, after its last epoch (--eval-every 0:
-# the same weights, ~10% faster).
+# docs/experiments/ensemble.md), trained twice from the same start, with camera augmentation (stage 10) and
+# without (stage 10b), and the two averaged weight by weight into the weights that ship (`agegender soup`: same
+# network; better on clean photos than stage 10 alone, nearly as robust on degraded ones; fairface.md).
+# Held-out faces are scored once per stage, after its last epoch (--eval-every 0: the same weights, ~10% faster).
 # FG-NET is never trained on, only scored (--unseen).
 # FairFace is not bundled: FAIRFACE=DIR names the folder that holds fairface_label_train.csv and fair_face/train/
 # (e.g. from the public GitHub repository sumanvithaeadala/EthnicityDetection; its val/ is never read).
-# About 3 h on 2 idle CPU cores (stages 1-3 ~35 min; FairFace's preprocessing ~10 min; stages 4-10 ~1.1-1.2 min
-# per epoch on the 58k faces, 120 epochs); each stage, and the teacher's pass, resumes after a kill.
-DATA := --dataset aaf --root ../shared/data/aaf --dataset utkface --root ../shared/data/utkface_aligned \
-	--tight-crop-p 0.5 --unseen fgnet=../shared/data/fgnet --crop-scale 2.2 --age-bins 12 --eval-every 0
+# About 3 h 20 min on 2 idle CPU cores (stages 1-3 ~35 min; FairFace's preprocessing ~10 min; stages 4-10b
+# ~1.1-1.2 min per epoch on the 58k faces, 136 epochs; the soup ~1 min); each stage, and the teacher's pass,
+# resumes after a kill.
+SETS := --dataset aaf --root ../shared/data/aaf --dataset utkface --root ../shared/data/utkface_aligned
+UNSEEN := --unseen fgnet=../shared/data/fgnet
+DATA := $(SETS) $(UNSEEN) --tight-crop-p 0.5 --crop-scale 2.2 --age-bins 12 --eval-every 0
 TEACHER := --teacher hse-faceres-deep --distill-weight 0.5 --distill-gender-weight 0.2 --teacher-calibration quantile
 FAIRFACE ?=
-WITH_FAIRFACE = $(DATA) --dataset fairface --root $(FAIRFACE) --lr 1e-3 --camera-augment --resume
+WITH_FAIRFACE_CLEAN = $(DATA) --dataset fairface --root $(FAIRFACE) --lr 1e-3 --resume
+WITH_FAIRFACE = $(WITH_FAIRFACE_CLEAN) --camera-augment
 ENSEMBLE := --ensemble-age-weights virtual=0,low=0.25 --ensemble-gender-weights virtual=0,low=0.5
+LAST_STAGE = --epochs 16 --dataset-weight fairface=4 --match-age-distribution-mean $(ENSEMBLE) \
+	--init-weights runs/default-stage9/model.pt
 weights: $(STAMP)
 	@test -n "$(FAIRFACE)" -a -f "$(FAIRFACE)/fairface_label_train.csv" || { echo "make weights needs FairFace's \
 	train/ faces: FAIRFACE=DIR, the folder holding fairface_label_train.csv and fair_face/train/" >&2; exit 2; }
@@ -106,8 +113,10 @@ weights: $(STAMP)
 	  --init-weights runs/default-stage7/model.pt --out runs/default-stage8
 	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 16 --dataset-weight fairface=2 --match-age-distribution-mean \
 	  --init-weights runs/default-stage8/model.pt --out runs/default-stage9
-	$(VENV)/bin/agegender train $(WITH_FAIRFACE) --epochs 16 --dataset-weight fairface=4 --match-age-distribution-mean \
-	  $(ENSEMBLE) --init-weights runs/default-stage9/model.pt --out runs/default
+	$(VENV)/bin/agegender train $(WITH_FAIRFACE) $(LAST_STAGE) --out runs/default-stage10
+	$(VENV)/bin/agegender train $(WITH_FAIRFACE_CLEAN) $(LAST_STAGE) --out runs/default-stage10-clean
+	$(VENV)/bin/agegender soup runs/default-stage10/model.pt runs/default-stage10-clean/model.pt \
+	  $(SETS) --dataset fairface --root $(FAIRFACE) $(UNSEEN) --out runs/default
 	cp runs/default/model.pt agegender_ros/weights/paper_aaf_utk.pt
 	cp runs/default/model.json agegender_ros/weights/paper_aaf_utk.json
 	$(MAKE) weights-onnx
