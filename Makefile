@@ -80,9 +80,9 @@ test: $(STAMP)
 # FG-NET is never trained on, only scored (--unseen).
 # FairFace is not bundled: FAIRFACE=DIR names the folder that holds fairface_label_train.csv and fair_face/train/
 # (e.g. from the public GitHub repository sumanvithaeadala/EthnicityDetection; its val/ is never read).
-# About 3 h 20 min on 2 idle CPU cores (stages 1-3 ~35 min; FairFace's preprocessing ~10 min; stages 4-10b
-# ~1.1-1.2 min per epoch on the 58k faces, 136 epochs; the soup ~1 min); each stage, and the teacher's pass,
-# resumes after a kill.
+# About 3.5 h on 2 idle CPU cores (stages 1-3 ~35 min; FairFace's preprocessing ~10 min; stages 4-10b ~70 s per
+# epoch on the 58k faces with camera augmentation, ~65 s without, 136 epochs, ~2.7 h; the soup ~1 min; about
+# 3 h 10 min before stage 10b); each stage, and the teacher's pass, resumes after a kill.
 SETS := --dataset aaf --root ../shared/data/aaf --dataset utkface --root ../shared/data/utkface_aligned
 UNSEEN := --unseen fgnet=../shared/data/fgnet
 DATA := $(SETS) $(UNSEEN) --tight-crop-p 0.5 --crop-scale 2.2 --age-bins 12 --eval-every 0
