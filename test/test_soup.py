@@ -85,3 +85,8 @@ def test_soup_command_averages_fine_tunings_and_scores_the_mean(tmp_path, morph_
         refused = agegender("soup", *weights, *datasets, "--out", tmp_path / "refused")
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
         assert not (tmp_path / "refused").exists()
+    # Writing the soup over one of its ingredients is refused before anything is read or written.
+    before = ingredients[0].read_bytes()
+    refused = agegender("soup", *ingredients, *morph, "--out", ingredients[0].parent)
+    assert refused.returncode == 2 and "would overwrite its ingredient" in refused.stderr
+    assert ingredients[0].read_bytes() == before

@@ -448,6 +448,10 @@ def cmd_soup(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    overwritten = [path for path in args.weights if Path(path).resolve() == (Path(args.out) / "model.pt").resolve()]
+    if overwritten:
+        raise CommandError(f"--out {args.out}: the soup would overwrite its ingredient {overwritten[0]}; "
+                           f"give it a folder of its own")
     try:
         loaded = [load_model(path) for path in args.weights]
         card = average_cards(args.weights, [c for _, c in loaded])
