@@ -442,7 +442,7 @@ def cmd_soup(args) -> int:
     from agegender_ros.weights import WeightsError, crop_scale, load_model, save_weights
 
     from .cache import concatenate
-    from .protocols import describe_split, same_split, split_record
+    from .protocols import describe_split
     from .soup import SoupError, average_cards, average_state_dicts
     from .train import evaluate, pick_device
 
@@ -466,15 +466,12 @@ def cmd_soup(args) -> int:
         if not recorded:
             raise CommandError(f"--dataset {name}: the weights' cards record no split of it, so no faces are "
                                f"held out from it (score all of it with --unseen {name}=ROOT)")
-        split = recorded[0]
         data = load_dataset(name, root, args.detector, args.gender_file, not args.no_progress, scale)
-        fold, fold_name, train_index, test_index = pick_fold(name, data, split["protocol"], split.get("fold"),
-                                                             split["split_seed"], split["fold_name"])
-        if not same_split(split, split_record(name, split["protocol"], fold, fold_name, split["split_seed"], data,
-                                              train_index, test_index)):
+        split, test_index, conflicts = held_out_split(name, data, recorded[0]["protocol"], None, None, recorded[:1])
+        if conflicts:
             raise CommandError(f"--root {root}: the held-out side of {describe_split(split)} holds other faces "
                                f"here than where the weights were trained (another copy of {name}?)")
-        names.append(f"{name}:{split['protocol']}:{fold_name}")
+        names.append(f"{name}:{split['protocol']}:{split['fold_name']}")
         val_parts.append(data.subset(test_index))
     out, device, val_set = Path(args.out), pick_device("cpu"), concatenate(val_parts)
     out.mkdir(parents=True, exist_ok=True)
@@ -547,7 +544,7 @@ def cmd_evaluate(args) -> int:
         trained, scale = trained_splits(card), crop_scale(card)  # faces cropped as the weights were trained
     data = load_dataset(name, args.root, args.detector, args.gender_file, progress=not args.json, crop_scale=scale)
     if args.protocol:
-        split, test_index, seen = held_out_split(name, data, args, trained)
+        split, test_index, seen = held_out_split(name, data, args.protocol, args.fold, args.split_seed, trained)
         data = data.subset(test_index)
         faces = f"held-out side of {describe_split(split)} (--fold {split['fold']})"
     else:
@@ -604,18 +601,18 @@ def _share(row: dict, key: str) -> str:
     return f"{row[key]:.1%}" + (f" ({found:.1%})" if found is not None else "")
 
 
-def held_out_split(name: str, data, args, trained: list[dict]):
-    """(split record, held-out indices, conflicts) of the fold `evaluate --protocol` scores: by
-    default the one the weights' card says they held out, so that a run trained with another split seed is not
+def held_out_split(name: str, data, protocol: str, fold: int | None, split_seed: int | None, trained: list[dict]):
+    """(split record, held-out indices, conflicts) of the fold `evaluate --protocol` scores: fold and split seed
+    None: the ones the weights' card says they held out, so that a run trained with another split seed is not
     scored on faces it trained on."""
     from .protocols import split_conflicts, split_record
 
-    recorded = [split for split in trained if split["dataset"] == name and split["protocol"] == args.protocol]
-    split_seed = args.split_seed if args.split_seed is not None else \
-        recorded[0]["split_seed"] if recorded else 0
-    fold, fold_name, train_index, test_index = pick_fold(name, data, args.protocol, args.fold, split_seed,
+    recorded = [split for split in trained if split["dataset"] == name and split["protocol"] == protocol]
+    if split_seed is None:
+        split_seed = recorded[0]["split_seed"] if recorded else 0
+    fold, fold_name, train_index, test_index = pick_fold(name, data, protocol, fold, split_seed,
                                                          recorded[0]["fold_name"] if recorded else "")
-    split = split_record(name, args.protocol, fold, fold_name, split_seed, data, train_index, test_index)
+    split = split_record(name, protocol, fold, fold_name, split_seed, data, train_index, test_index)
     seen = [f"{problem}: some of the faces scored were trained on" for problem in split_conflicts(trained, split)]
     return split, test_index, seen
 
