@@ -24,6 +24,16 @@ SETS = [("aaf", "../shared/data/aaf", "official"), ("utkface", "../shared/data/u
         ("fgnet", "../shared/data/fgnet", None)]
 
 
+def held_out_sets(fairface: str | None, scale: float) -> dict:
+    """name -> the held-out faces of the default weights' sets (and FairFace's dev10 split, when given), cropped at
+    the weights' scale."""
+    sets = {}
+    for name, root, protocol in SETS + ([("fairface", fairface, "dev10")] if fairface else []):
+        data = load_dataset(name, root, "scrfd", progress=False, crop_scale=scale)
+        sets[name] = data.subset(pick_fold(name, data, protocol, 0, 0)[3]) if protocol else data
+    return sets
+
+
 def answers(model, crops: np.ndarray, degrade: bool) -> tuple[np.ndarray, np.ndarray]:
     """(age, P(male)) as `agegender evaluate` gets them, on the faces as they are or degraded (a fresh seed each
     call, so every weights file sees the same degraded faces)."""
@@ -33,12 +43,20 @@ def answers(model, crops: np.ndarray, degrade: bool) -> tuple[np.ndarray, np.nda
     return age, p_male
 
 
-def cell(data, age: np.ndarray, p_male: np.ndarray) -> str:
+def figures(data, age: np.ndarray, p_male: np.ndarray) -> list[float]:
+    """FairFace: [gender %, age-group %] over all faces; the others: [MAE] + [gender %] where genders are known."""
     if data.has_intervals:
         everyone = group_report(data.races, data.age_ranges, age, data.genders, p_male, data.detected)["all"]
-        return f"{100 * everyone['gender_acc']:.2f}% / {100 * everyone['age_group_acc']:.2f}%"
+        return [100 * everyone["gender_acc"], 100 * everyone["age_group_acc"]]
     metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
-    return f"{metrics['mae']:.3f}" + (f" / {100 * metrics['gender_acc']:.2f}%" if metrics["gender_acc"] else "")
+    return [metrics["mae"]] + ([100 * metrics["gender_acc"]] if metrics["gender_acc"] is not None else [])
+
+
+def cell(data, age: np.ndarray, p_male: np.ndarray) -> str:
+    values = figures(data, age, p_male)
+    if data.has_intervals:
+        return f"{values[0]:.2f}% / {values[1]:.2f}%"
+    return f"{values[0]:.3f}" + (f" / {values[1]:.2f}%" if len(values) > 1 else "")
 
 
 def main() -> None:
@@ -48,13 +66,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     models = [load_model(path) for path in args.weights]
-    sets = SETS + ([("fairface", args.fairface, "dev10")] if args.fairface else [])
-    columns = [f"{name} {kind}" for name, _, _ in sets for kind in ("clean", "degraded")]
+    sets = held_out_sets(args.fairface, crop_scale(models[0][1]))
+    columns = [f"{name} {kind}" for name in sets for kind in ("clean", "degraded")]
     rows = {path: [] for path in args.weights}
-    for name, root, protocol in sets:
-        data = load_dataset(name, root, "scrfd", progress=False, crop_scale=crop_scale(models[0][1]))
-        if protocol:
-            data = data.subset(pick_fold(name, data, protocol, 0, 0)[3])
+    for name, data in sets.items():
         for path, (model, _) in zip(args.weights, models):
             rows[path] += [cell(data, *answers(model, data.crops, degrade)) for degrade in (False, True)]
     print("| weights | " + " | ".join(columns) + " |")

@@ -3,10 +3,10 @@
     .venv/bin/python docs/soup_subsets.py NAME=WEIGHTS.pt NAME=WEIGHTS.pt [...] --fairface FAIRFACE_DIR
 
 Averages every subset of two or more weights files as `agegender soup` does (training/soup.py) and scores each
-ingredient and each soup on the held-out faces of the default weights' sets (FairFace's dev10 split, AAF's official
-split, the UTKFace aligned fifth, all of FG-NET). Prints one row per soup with its gain over the mean of its
-ingredients, and the mean gain over all soups. FairFace: gender and age-group accuracy, all faces, a missed face
-counted wrong, as `agegender evaluate`. A one-off analysis, not part of the package.
+ingredient and each soup on the held-out faces of the default weights' sets (docs/camera_degraded.py's: AAF's
+official split, the UTKFace aligned fifth, all of FG-NET, FairFace's dev10 split). Prints one row per soup with its
+gain over the mean of its ingredients, and the mean gain over all soups. FairFace: gender and age-group accuracy,
+all faces, a missed face counted wrong, as `agegender evaluate`. A one-off analysis, not part of the package.
 """
 import argparse
 import copy
@@ -16,28 +16,17 @@ import numpy as np
 import torch
 
 from agegender_ros.weights import crop_scale, load_model
-from training.cli import load_dataset, pick_fold
-from training.metrics import age_gender_metrics, group_report
+from camera_degraded import figures, held_out_sets
 from training.soup import average_cards, average_state_dicts
 from training.train import predict_crops
 
-SETS = [("aaf", "../shared/data/aaf", "official"), ("utkface", "../shared/data/utkface_aligned", "random80"),
-        ("fgnet", "../shared/data/fgnet", None)]
-COLUMNS = "FairFace gender, FairFace age group, AAF MAE, AAF gender, UTKFace MAE, UTKFace gender, FG-NET MAE"
+COLUMNS = "AAF MAE, AAF gender, UTKFace MAE, UTKFace gender, FG-NET MAE, FairFace gender, FairFace age group"
 
 
 def scores(model, sets: dict) -> np.ndarray:
     """The columns of COLUMNS (accuracies in %) for one network."""
-    row = []
-    for name, data in sets.items():
-        age, p_male, _ = predict_crops(model, data.crops, torch.device("cpu"))
-        if data.has_intervals:
-            everyone = group_report(data.races, data.age_ranges, age, data.genders, p_male, data.detected)["all"]
-            row += [100 * everyone["gender_acc"], 100 * everyone["age_group_acc"]]
-        else:
-            metrics = age_gender_metrics(data.ages, age, data.genders, p_male)
-            row += [metrics["mae"]] + ([100 * metrics["gender_acc"]] if metrics["gender_acc"] is not None else [])
-    return np.array(row)
+    return np.array([value for data in sets.values()
+                     for value in figures(data, *predict_crops(model, data.crops, torch.device("cpu"))[:2])])
 
 
 def main() -> None:
@@ -49,10 +38,7 @@ def main() -> None:
     names, paths = zip(*(item.split("=", 1) for item in args.weights))
     models = [load_model(path) for path in paths]
     average_cards(list(paths), [card for _, card in models])  # refuses what cannot be averaged
-    sets = {}
-    for name, root, protocol in [("fairface", args.fairface, "dev10")] + SETS:
-        data = load_dataset(name, root, "scrfd", progress=False, crop_scale=crop_scale(models[0][1]))
-        sets[name] = data.subset(pick_fold(name, data, protocol, 0, 0)[3]) if protocol else data
+    sets = held_out_sets(args.fairface, crop_scale(models[0][1]))
     alone = [scores(model, sets) for model, _ in models]
     line = lambda values: " | ".join(f"{v:.3f}" for v in values)
     gain_cell = lambda values: ", ".join(f"{v:+.3f}" for v in values)
