@@ -19,11 +19,13 @@ its share of every epoch's permutation and DistributedDataParallel averages grad
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,6 +162,8 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
     device = pick_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     checkpoint_path = run_dir / "checkpoint.pt"
     state = load_checkpoint(checkpoint_path, config, train_set, device) if resume and checkpoint_path.is_file() \
         else None
@@ -407,6 +411,22 @@ def distributed_setup() -> tuple[int, int]:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return int(os.environ.get("RANK", "0")), world
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed blocks of up to 32 MB for reuse (False where that is not glibc). By default it
+    hands each activation tensor of a few MB back to the kernel when freed and page-faults a fresh one in at the next
+    step: a third of a CPU training run's time went to the kernel. With this, CPU steps run ~10% faster with the
+    same numbers bit for bit (a stage's weights are unchanged; docs/results.md, training throughput)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries: keep their defaults
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    # Blocks under the mmap threshold come from the heap; the heap is trimmed only above the trim threshold.
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def pick_device(name: str) -> torch.device:
