@@ -80,9 +80,10 @@ test: $(STAMP)
 # FG-NET is never trained on, only scored (--unseen).
 # FairFace is not bundled: FAIRFACE=DIR names the folder that holds fairface_label_train.csv and fair_face/train/
 # (e.g. from the public GitHub repository sumanvithaeadala/EthnicityDetection; its val/ is never read).
-# About 3.5 h on 2 idle CPU cores (stages 1-3 ~35 min; FairFace's preprocessing ~10 min; stages 4-10b ~70 s per
-# epoch on the 58k faces with camera augmentation, ~65 s without, 136 epochs, ~2.7 h; the soup ~1 min; about
-# 3 h 10 min before stage 10b); each stage, and the teacher's pass, resumes after a kill.
+# About 2 h 40 min on 2 idle CPU cores, measured part by part (docs/results.md, "Training on the 2-core CPU"):
+# preprocessing ~9 min (FairFace's 5), the teacher's pass ~3 min, stages 1-3 ~21 min, stages 4-10 ~54 s per epoch
+# on the 58k faces with camera augmentation (stage 10 re-run whole: 14 min 54 s), stage 10b ~48 s per epoch, the
+# soup ~1 min. Each stage, and the teacher's pass, resumes after a kill.
 SETS := --dataset aaf --root ../shared/data/aaf --dataset utkface --root ../shared/data/utkface_aligned
 UNSEEN := --unseen fgnet=../shared/data/fgnet
 DATA := $(SETS) $(UNSEEN) --tight-crop-p 0.5 --crop-scale 2.2 --age-bins 12 --eval-every 0
