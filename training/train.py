@@ -415,9 +415,9 @@ def distributed_setup() -> tuple[int, int]:
 
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed blocks of up to 32 MB for reuse (False where that is not glibc). By default it
-    hands each activation tensor of a few MB back to the kernel when freed and page-faults a fresh one in at the next
-    step: a third of a CPU training run's time went to the kernel. With this, CPU steps run ~10% faster with the
-    same numbers bit for bit (a stage's weights are unchanged; docs/results.md, training throughput)."""
+    hands each activation tensor of a few MB back to the kernel when freed and page-faults a fresh one in at the
+    next step: a fifth of a CPU training run's processor time went to the kernel. With this, CPU steps run ~10%
+    faster with the same numbers bit for bit (docs/results.md, "Training on the 2-core CPU")."""
     if not sys.platform.startswith("linux"):
         return False
     try:
