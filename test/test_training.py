@@ -19,6 +19,7 @@ import torch
 from conftest import shared
 from training import cache as cache_module
 from training.augment import augment_batch
+from training.checkpoints import data_fingerprint, relative_face_names
 from training.datasets import load_records
 from training.losses import multitask_loss
 from training.protocols import folds
@@ -731,6 +732,52 @@ def test_resume_refuses_a_changed_recipe_or_data_and_a_corrupt_checkpoint(tmp_pa
     assert corrupt.returncode == 2 and "checkpoint.pt: not a readable checkpoint" in corrupt.stderr
     assert "delete it" in corrupt.stderr and "Traceback" not in corrupt.stderr
 
+
+
+def test_resume_follows_moved_faces_and_weights_but_refuses_retrained_starting_weights(tmp_path, morph_folder):
+    data = tmp_path / "morph"
+    shutil.copytree(morph_folder, data)
+    common = ["train", "--dataset", "morph2", "--batch-size", "8", "--threads", "1", "--no-progress", "--epochs", "1"]
+    start = agegender(*common, "--root", data, "--out", tmp_path / "start")
+    assert start.returncode == 0, start.stderr
+    stage = agegender(*common, "--root", data, "--init-weights", tmp_path / "start" / "model.pt", "--lr", "1e-3",
+                      "--out", tmp_path / "stage")
+    assert stage.returncode == 0, stage.stderr
+    # The checkout and the data moved: the same faces and the same starting weights, under other paths.
+    shutil.copytree(data, tmp_path / "elsewhere" / "morph")
+    shutil.copytree(tmp_path / "start", tmp_path / "elsewhere" / "start")
+    moved = agegender(*common, "--root", tmp_path / "elsewhere" / "morph", "--init-weights",
+                      tmp_path / "elsewhere" / "start" / "model.pt", "--lr", "1e-3", "--out", tmp_path / "stage",
+                      "--resume")
+    assert moved.returncode == 0, moved.stderr
+    # The first stage retrained with another recipe: its weights changed under the same path.
+    retrained = agegender(*common, "--root", data, "--lr", "0.01", "--out", tmp_path / "start")
+    assert retrained.returncode == 0, retrained.stderr
+    stale = agegender(*common, "--root", data, "--init-weights", tmp_path / "start" / "model.pt", "--lr", "1e-3",
+                      "--out", tmp_path / "stage", "--resume")
+    assert stale.returncode == 2 and "Traceback" not in stale.stderr
+    assert f"starting weights (--init-weights {tmp_path / 'start' / 'model.pt'})" in stale.stderr
+    assert "retrained or replaced since" in stale.stderr
+
+
+def test_face_fingerprint_names_faces_within_their_dataset():
+    def faces(paths, sources):
+        n = len(paths)
+        return cache_module.PreprocessedSet(np.zeros((n, 2, 2, 3), np.uint8), np.arange(n, dtype=np.float32),
+                                            np.ones(n, np.int8), np.array(paths), np.array(paths), np.full(n, ""),
+                                            np.ones(n, bool), np.zeros((n, 4), np.float32), [],
+                                            sources=np.array(sources))
+    here = faces(["/a/b/../data/aaf/1.jpg", "/a/data/aaf/sub/2.jpg", "/a/data/utk/UTKFace/3.jpg"],
+                 ["aaf", "aaf", "utkface"])
+    moved = faces(["/mnt/aaf/1.jpg", "/mnt/aaf/sub/2.jpg", "/elsewhere/UTKFace/3.jpg"], ["aaf", "aaf", "utkface"])
+    assert relative_face_names(here) == ["aaf:1.jpg", "aaf:sub/2.jpg", "utkface:3.jpg"]
+    assert data_fingerprint(here) == data_fingerprint(moved)
+    assert data_fingerprint(here)["names"] == "relative" and data_fingerprint(here)["faces"] == 3
+    # Checkpoints written before names were relative hold the full paths' fingerprint, which a move changes.
+    assert data_fingerprint(here, relative=False) != data_fingerprint(moved, relative=False)
+    assert "names" not in data_fingerprint(here, relative=False)
+    relabelled = faces(["/mnt/aaf/1.jpg", "/mnt/aaf/sub/2.jpg", "/elsewhere/UTKFace/3.jpg"], ["aaf", "aaf", "aaf"])
+    assert data_fingerprint(relabelled) != data_fingerprint(moved)
 
 
 def test_eval_every_changes_only_when_held_out_faces_are_scored(tmp_path, morph_folder):

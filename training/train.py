@@ -39,7 +39,7 @@ from agegender_ros.weights import load_model, save_weights
 
 from .augment import augment_batch
 from .cache import PreprocessedSet
-from .checkpoints import data_fingerprint, load_checkpoint, save_checkpoint
+from .checkpoints import data_fingerprint, load_checkpoint, save_checkpoint, start_fingerprint
 from .distill import batch_teacher_targets, load_teachers, registered_teacher_targets
 from .losses import DEFAULT_LOSS_WEIGHTS, multitask_loss
 from .metrics import age_gender_metrics, group_report, interval_metrics
@@ -221,6 +221,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
                                                                 cached[0].cpu().numpy())
     sampling_weights = sampling_weights_for(train_set, known_ages, config)
     writer = tensorboard_writer(run_dir) if rank == 0 else None
+    faces, start = data_fingerprint(train_set), start_fingerprint(config)  # what a resume must match
 
     for epoch in range(start_epoch, config.epochs):
         # Everything random in this epoch derives from (seed, epoch): resuming replays it exactly.
@@ -277,7 +278,7 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
         save_checkpoint(checkpoint_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                           "epoch": epoch, "history": history, "config": asdict(config),
-                                          "data": data_fingerprint(train_set)})
+                                          "data": faces, "start": start})
     if writer:
         writer.close()
     if rank != 0:
