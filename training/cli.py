@@ -716,7 +716,8 @@ def add_commands(sub) -> None:
                    help="also score the trained model on all of a dataset it never saw, e.g. fgnet=FGNET "
                    "(repeatable; results go to metrics.json and the model card)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, TensorBoard logs, model.pt + card")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint (refused "
+                   "when the recipe, the training faces or the --init-weights' contents differ from the checkpoint's)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="MAE, gender accuracy, CA(3), CA(5) over every labelled image of a folder")
