@@ -84,8 +84,8 @@ test: $(STAMP)
 # stages 1-3 28 min from an empty cache (preprocessing and the teacher's pass included; run whole), FairFace's
 # preprocessing ~5 min, stages 4-10 ~54 s per epoch on the 58k faces with camera augmentation (stage 10 run whole:
 # 14 min 54 s), stage 10b ~48 s per epoch, the soup ~1 min. Each stage, and the teacher's pass, resumes after a kill.
-# From nothing it trains the shipped recipe, not the shipped bits: the shipped chain's stage 3 came from an earlier
-# run on one thread with earlier code, which today's stages 1-3 do not reproduce (results.md).
+# Run from nothing on this project's 2-core CPU (2026-12-07) it gave the shipped weights; another CPU or thread
+# count gives weights about a seed's spread away (results.md).
 SETS := --dataset aaf --root ../shared/data/aaf --dataset utkface --root ../shared/data/utkface_aligned
 UNSEEN := --unseen fgnet=../shared/data/fgnet
 DATA := $(SETS) $(UNSEEN) --tight-crop-p 0.5 --crop-scale 2.2 --age-bins 12 --eval-every 0
