@@ -296,6 +296,11 @@ def measure_end_to_end(backend, backend_name: str, seconds: float, repeats: int)
         result["frame_ms"][key] = round(median * 1e3, 2)
         result["detector_ms"][key] = round(
             statistics.median(time_call(lambda: detector.detect(frame), seconds / 2, repeats)) * 1e3, 2)
+    # What --flip-tta (node parameter flip_tta) costs: one more network pass per face, nothing more per frame.
+    mirrored = Estimator(detector, backend, flip_tta=True)
+    result["flip_tta_frame_ms"] = {
+        key: round(statistics.median(time_call(lambda: mirrored(frames[key]), seconds, repeats)) * 1e3, 2)
+        for key in ("1", "5")}
     return result
 
 
@@ -476,6 +481,9 @@ def cmd_bench(args) -> int:
     elif e2e:
         print(f"end to end ({e2e['detector']} + {e2e['backend']}, {e2e['frame']}): {e2e['fps_1_face']} fps with 1 face, "
               f"{e2e['fps_5_faces']} fps with 5 faces, {e2e['fps_no_face']} fps with none")
+        flip = e2e["flip_tta_frame_ms"]
+        print(f"  per frame: {e2e['frame_ms']['1']} ms with 1 face, {e2e['frame_ms']['5']} ms with 5; "
+              f"with --flip-tta {flip['1']} ms and {flip['5']} ms")
     for goal, value in report["goals"].items():
         print(f"goal {goal}: {value['value']} (target {value['target']}): {'met' if value['met'] else 'NOT met'}")
     return 0

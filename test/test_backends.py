@@ -515,6 +515,7 @@ def test_bench_json_one_line_with_every_part(monkeypatch, capsys, tmp_path):
     assert e2e["frame"] == "640x480" and e2e["fps_1_face"] > 0 and e2e["fps_5_faces"] > 0
     assert e2e["faces_found"] == {"0": 0, "1": 1, "5": 5}, "the pasted real faces must all be detected"
     assert e2e["fps_no_face"] > 0
+    assert set(e2e["flip_tta_frame_ms"]) == {"1", "5"} and all(v > 0 for v in e2e["flip_tta_frame_ms"].values())
     assert e2e["detector"] and e2e["backend"] in ("tensorrt", "onnxruntime")
     assert "end_to_end_fps_1_face" in report["goals"] and report["device"]
 
