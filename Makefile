@@ -18,8 +18,14 @@ export V
 # TensorFlow, which we do not need); timm's model definitions (annotate-gender) too (its list pulls torchvision,
 # which cannot import beside this torch; training/annotate_gender/timm_import.py imports timm without it). This
 # package is installed editable (PEP 660, pyproject.toml) in setuptools' compat mode: the checkout on sys.path.
+# A VENV that runs another checkout's agegender_ros is refused (REPOINT=1 re-points it here): installing this one
+# would silently switch every command run with that venv, in the other checkout too, to this checkout's code.
 $(STAMP): requirements.txt setup.py scripts/ros_setup.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	@owner="$$(cd / && $(abspath $(PY)) -c 'import os, agegender_ros as p; print(os.path.dirname(os.path.dirname(os.path.realpath(p.__file__))))' \
+	  2>/dev/null)"; if [[ -n "$$owner" && -f "$$owner/setup.py" && "$$owner" != "$$(pwd -P)" && -z "$(REPOINT)" ]]; then \
+	  echo "$(VENV) runs agegender_ros from $$owner; installing $$(pwd -P) into it would switch that checkout's" \
+	    "commands to this one's code. Use this checkout's own venv (leave VENV unset), or REPOINT=1." >&2; exit 2; fi
 	@mkdir -p $(LOGS) && : > $(LOGS)/venv.log
 	@$(STEP) "venv: pip" $(LOGS)/venv.log $(PY) -m pip install --upgrade pip
 	@$(STEP) "venv: PyTorch (CPU), OpenCV, ONNX Runtime, test tools (requirements.txt)" $(LOGS)/venv.log \

@@ -221,7 +221,9 @@ def train(config: TrainConfig, train_set: PreprocessedSet, val_set: Preprocessed
                                                                 cached[0].cpu().numpy())
     sampling_weights = sampling_weights_for(train_set, known_ages, config)
     writer = tensorboard_writer(run_dir) if rank == 0 else None
-    faces, start = data_fingerprint(train_set), start_fingerprint(config)  # what a resume must match
+    # What a resume must match; load_checkpoint already checked (and so computed) a resumed run's start.
+    faces = data_fingerprint(train_set)
+    start = state["start"] if state is not None and "start" in state else start_fingerprint(config)
 
     for epoch in range(start_epoch, config.epochs):
         # Everything random in this epoch derives from (seed, epoch): resuming replays it exactly.
