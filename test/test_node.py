@@ -468,6 +468,25 @@ def test_bad_parameters_in_process(random_weights):
         assert node.params["max_rate_hz"] == 15.0 and node.params["image_topics"] == ["/cam/image_raw"]
 
 
+def test_desktop_yaml_turns_flip_averaging_on_and_nano_yaml_leaves_it_off(random_weights):
+    """The two parameter files as the node reads them: the desktop one mirrors each face (it has the time), the
+    Nano one keeps the frame rate."""
+    node_module = _need_dds()
+    import yaml
+    from rclpy.parameter import Parameter
+
+    from agegender_ros.ros_session import RosSession
+
+    with RosSession(domain_id=DOMAIN_ID) as session:
+        for name, expected in (("desktop", True), ("nano", False)):
+            values = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())["/**"]["ros__parameters"]
+            values.update(weights=str(random_weights), backend="onnxruntime", detector="haar")
+            node = session.add(node_module.AgeGenderNode(f"agegender_{name}", context=session.context,
+                                                         parameter_overrides=[Parameter(k, value=v)
+                                                                              for k, v in values.items()]))
+            assert node.estimator.flip_tta is expected, name
+
+
 # ------------------------------------------------------------------------------------------ as a process
 def _node_command():
     """The installed `ros2 run` executable when built, else `python -m agegender_ros.node`."""
