@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -244,6 +246,7 @@ def main(argv: list | None = None) -> int:
           flush=True)
     period = 1.0 / rate if rate else 0.0
     published, last_stamp_ns, status = 0, 0, 0
+    interrupted = False  # Ctrl-C / SIGTERM / an external rclpy shutdown, as opposed to running out of frames
     try:
         if not _wait_for_subscriber(node, publisher, topic, args.wait, rclpy.ok) and rclpy.ok():
             print(f"image_publisher: nothing subscribes to {topic} after {args.wait:g} s; publishing anyway",
@@ -258,6 +261,7 @@ def main(argv: list | None = None) -> int:
                 time.sleep(min(0.1, due - now))
                 now = time.monotonic()
             if not rclpy.ok():
+                interrupted = True
                 break
             stamp_ns = max(node.get_clock().now().nanoseconds, last_stamp_ns + 1)  # strictly increasing
             last_stamp_ns = stamp_ns
@@ -280,13 +284,20 @@ def main(argv: list | None = None) -> int:
         print(f"image_publisher: {error}", file=sys.stderr)
         status = 2
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        interrupted = True
     except Exception:
         if rclpy.ok():
             raise
-        # rclpy was shut down (Ctrl-C) between a check and a call: not an error
+        interrupted = True  # rclpy was shut down (Ctrl-C) between a check and a call: not an error
     finally:
-        if published and rclpy.ok():
+        # A second Ctrl-C (or SIGINT to the whole process group) must not interrupt the clean-up.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Only a run that ended by itself waits for its last frame to arrive. After Ctrl-C the wait could take
+        # its whole timeout (a subscriber that stopped acknowledging), longer than `ros2 launch` gives a process
+        # before it escalates to SIGTERM and SIGKILL; and rclpy.ok() can still be True right after the
+        # KeyboardInterrupt (rclpy's own shutdown of the context runs in another thread), so it cannot decide.
+        if published and not interrupted and rclpy.ok():
             _deliver(publisher)
         node.destroy_node()
         try:
