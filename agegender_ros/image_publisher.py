@@ -13,7 +13,7 @@ predict` reads them (a folder recursively, in name order; a photo that cannot be
 and cameras through OpenCV. Like nano.launch.py's processes it uses the package's Fast DDS shared-memory profile
 (`--dds-profile auto`: when the RMW is Fast DDS and no profile of your own is set), so that full-size frames reach
 the node without loss. Ends by itself after the last photo or video frame (unless --loop) or --count frames;
-Ctrl-C stops it.
+Ctrl-C stops it at once (a clean-up that hangs in DDS prints where and ends after CLEANUP_TIMEOUT_S).
 
 ROS-facing (rclpy, imported once the arguments are read); the frame reading is ROS-free (`frames`).
 Python 3.8 compatible.
@@ -21,6 +21,7 @@ Python 3.8 compatible.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
@@ -33,6 +34,8 @@ import numpy as np
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 DEFAULT_TOPIC = "/camera/image_raw"
+# After Ctrl-C: the longest the clean-up may take (`ros2 launch` sends SIGTERM after 5 s, SIGKILL after 10 s).
+CLEANUP_TIMEOUT_S = 4.0
 
 
 class SourceError(RuntimeError):
@@ -293,6 +296,8 @@ def main(argv: list | None = None) -> int:
         # A second Ctrl-C (or SIGINT to the whole process group) must not interrupt the clean-up.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if interrupted:  # a clean-up that hangs (in DDS) says where, and ends, before `ros2 launch` escalates
+            faulthandler.dump_traceback_later(CLEANUP_TIMEOUT_S, exit=True)
         # Only a run that ended by itself waits for its last frame to arrive. After Ctrl-C the wait could take
         # its whole timeout (a subscriber that stopped acknowledging), longer than `ros2 launch` gives a process
         # before it escalates to SIGTERM and SIGKILL; and rclpy.ok() can still be True right after the
@@ -307,6 +312,7 @@ def main(argv: list | None = None) -> int:
                 rclpy.shutdown()
             except Exception:
                 pass
+        faulthandler.cancel_dump_traceback_later()
     if status == 0:
         print(f"image_publisher: published {published} frame(s) on {topic}", flush=True)
     return status

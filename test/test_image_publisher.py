@@ -203,3 +203,41 @@ def test_ctrl_c_does_not_wait_for_a_subscriber_that_stopped_acknowledging():
     finally:
         subscriber.kill()
         subscriber.communicate()
+
+
+HANGING_CLEANUP = """
+import sys, time
+import rclpy.node
+rclpy.node.Node.destroy_node = lambda self: time.sleep(60)  # a DDS teardown that hangs
+from agegender_ros.image_publisher import main
+sys.exit(main(sys.argv))
+"""
+
+
+def test_a_clean_up_that_hangs_after_ctrl_c_says_where_and_ends():
+    """After Ctrl-C the clean-up has CLEANUP_TIMEOUT_S: one that hangs prints every thread's stack and ends the
+    process (status 1) before `ros2 launch` would escalate to SIGTERM (5 s) and SIGKILL (10 s) without a word."""
+    if os.environ.get("AGEGENDER_NETNS") != "1":
+        pytest.skip("DDS test runs only in a private network namespace: use scripts/netns_run.sh")
+    ros_import("rclpy", "rclpy not importable: source a ROS 2 environment (scripts/ros_setup.sh)")
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-u", "-c", HANGING_CLEANUP, str(SAMPLES), "--rate", "4", "--loop",
+                                "--topic", "/image_publisher_hang_test/image_raw", "--wait", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if SAMPLE_NAMES[0] in line:  # publishing
+                break
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        output = process.communicate(timeout=30)[0]
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, "".join(lines) + output
+    assert "Timeout" in output and "in <lambda>" in output, output  # faulthandler's dump, down to the hang
+    assert publisher.CLEANUP_TIMEOUT_S <= took < publisher.CLEANUP_TIMEOUT_S + 2.0, f"{took:.1f} s:\n{output}"
