@@ -294,8 +294,9 @@ def main(argv: list | None = None) -> int:
         interrupted = True  # rclpy was shut down (Ctrl-C) between a check and a call: not an error
     finally:
         # A second Ctrl-C (or SIGINT to the whole process group) must not interrupt the clean-up.
+        sigint_handler = None
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            sigint_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
         if interrupted:  # a clean-up that hangs (in DDS) says where, and ends, before `ros2 launch` escalates
             faulthandler.dump_traceback_later(CLEANUP_TIMEOUT_S, exit=True)
         # Only a run that ended by itself waits for its last frame to arrive. After Ctrl-C the wait could take
@@ -313,6 +314,8 @@ def main(argv: list | None = None) -> int:
             except Exception:
                 pass
         faulthandler.cancel_dump_traceback_later()
+        if sigint_handler is not None:  # main() called in a process that goes on
+            signal.signal(signal.SIGINT, sigint_handler)
     if status == 0:
         print(f"image_publisher: published {published} frame(s) on {topic}", flush=True)
     return status
