@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -170,8 +171,6 @@ def test_ctrl_c_does_not_wait_for_a_subscriber_that_stopped_acknowledging():
     if os.environ.get("AGEGENDER_NETNS") != "1":
         pytest.skip("DDS test runs only in a private network namespace: use scripts/netns_run.sh")
     ros_import("rclpy", "rclpy not importable: source a ROS 2 environment (scripts/ros_setup.sh)")
-    import signal
-
     topic = "/image_publisher_ctrl_c_test/image_raw"
     subscriber = subprocess.Popen([sys.executable, "-c", RELIABLE_SUBSCRIBER.format(topic=topic)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -220,7 +219,6 @@ def test_a_clean_up_that_hangs_after_ctrl_c_says_where_and_ends():
     if os.environ.get("AGEGENDER_NETNS") != "1":
         pytest.skip("DDS test runs only in a private network namespace: use scripts/netns_run.sh")
     ros_import("rclpy", "rclpy not importable: source a ROS 2 environment (scripts/ros_setup.sh)")
-    import signal
 
     process = subprocess.Popen([sys.executable, "-u", "-c", HANGING_CLEANUP, str(SAMPLES), "--rate", "4", "--loop",
                                 "--topic", "/image_publisher_hang_test/image_raw", "--wait", "0"],
