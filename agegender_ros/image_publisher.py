@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -232,7 +230,7 @@ def main(argv: list | None = None) -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from agegender_ros.node import image_message
+    from agegender_ros.node import _try_shutdown, image_message, sigint_ignored
     from agegender_ros.ros_image import encode_raw
 
     rclpy.init(args=argv)
@@ -293,29 +291,18 @@ def main(argv: list | None = None) -> int:
             raise
         interrupted = True  # rclpy was shut down (Ctrl-C) between a check and a call: not an error
     finally:
-        # A second Ctrl-C (or SIGINT to the whole process group) must not interrupt the clean-up.
-        sigint_handler = None
-        if threading.current_thread() is threading.main_thread():
-            sigint_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if interrupted:  # a clean-up that hangs (in DDS) says where, and ends, before `ros2 launch` escalates
-            faulthandler.dump_traceback_later(CLEANUP_TIMEOUT_S, exit=True)
-        # Only a run that ended by itself waits for its last frame to arrive. After Ctrl-C the wait could take
-        # its whole timeout (a subscriber that stopped acknowledging), longer than `ros2 launch` gives a process
-        # before it escalates to SIGTERM and SIGKILL; and rclpy.ok() can still be True right after the
-        # KeyboardInterrupt (rclpy's own shutdown of the context runs in another thread), so it cannot decide.
-        if published and not interrupted and rclpy.ok():
-            _deliver(publisher)
-        node.destroy_node()
-        try:
-            rclpy.try_shutdown()
-        except AttributeError:  # Humble's rclpy: shutdown(), which raises when already shut down
-            try:
-                rclpy.shutdown()
-            except Exception:
-                pass
-        faulthandler.cancel_dump_traceback_later()
-        if sigint_handler is not None:  # main() called in a process that goes on
-            signal.signal(signal.SIGINT, sigint_handler)
+        with sigint_ignored():
+            if interrupted:  # a clean-up that hangs (in DDS) says where, and ends, before `ros2 launch` escalates
+                faulthandler.dump_traceback_later(CLEANUP_TIMEOUT_S, exit=True)
+            # Only a run that ended by itself waits for its last frame to arrive. After Ctrl-C the wait could take
+            # its whole timeout (a subscriber that stopped acknowledging), longer than `ros2 launch` gives a
+            # process before it escalates to SIGTERM and SIGKILL; and rclpy.ok() can still be True right after the
+            # KeyboardInterrupt (rclpy's own shutdown of the context runs in another thread), so it cannot decide.
+            if published and not interrupted and rclpy.ok():
+                _deliver(publisher)
+            node.destroy_node()
+            _try_shutdown()
+            faulthandler.cancel_dump_traceback_later()
     if status == 0:
         print(f"image_publisher: published {published} frame(s) on {topic}", flush=True)
     return status

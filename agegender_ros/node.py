@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import math
 import os
 import re
@@ -1000,6 +1001,22 @@ def _trim_heap() -> None:
 # Entry point
 
 
+@contextlib.contextmanager
+def sigint_ignored():
+    """A clean-up that a second Ctrl-C (or SIGINT sent to the whole process group, as `timeout` and some launchers
+    do) must not interrupt; SIGTERM / SIGKILL still end the process. The handler is put back afterwards, for a
+    main() called in a process that goes on. Only the main thread can set handlers: elsewhere, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which cannot be put back from here
+            signal.signal(signal.SIGINT, previous)
+
+
 def _try_shutdown(context=None) -> None:
     try:
         if context is None:
@@ -1096,13 +1113,10 @@ def main(argv: list | None = None) -> int:
             raise
         # rclpy was shut down (parent gone, SIGTERM) while the node was starting: not an error of the node.
     finally:
-        # A second Ctrl-C (or SIGINT sent to the whole process group, as `timeout` and some launchers do) must
-        # not interrupt the clean-up; SIGTERM / SIGKILL still end the process.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if node is not None:
-            node.destroy_node()
-        _try_shutdown()
+        with sigint_ignored():
+            if node is not None:
+                node.destroy_node()
+            _try_shutdown()
     return 0
 
 
